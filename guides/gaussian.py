@@ -1,0 +1,58 @@
+"""Amortized diagonal-Gaussian posteriors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_aevb.nn import MLP, DiagonalNormalHead
+from pyro_aevb.plate import data_plate
+
+
+class DiagonalNormalEncoder(nn.Module):
+    r"""Guide :math:`q_\phi(z \mid x) = \mathcal{N}(\mu_\phi(x), \operatorname{diag}
+    \sigma^2_\phi(x))` from an MLP encoder (Kingma & Welling, 2014).
+
+    Pairs with any model whose only latent site is ``site`` of shape ``(B, z_dim)``
+    in the data plate, e.g. :class:`pyro_aevb.models.VAE`.
+
+    :param x_dim: features per data point.
+    :param z_dim: latent dimension.
+    :param hidden: hidden layer sizes (the tutorial paper: two of 500).
+    :param dropout: dropout rate after each hidden layer.
+    :param site: name of the latent site this guide samples.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        z_dim: int = 20,
+        hidden: Sequence[int] = (500, 500),
+        dropout: float = 0.0,
+        site: str = "z",
+    ):
+        super().__init__()
+        if not hidden:
+            raise ValueError("DiagonalNormalEncoder needs at least one hidden layer")
+        self.x_dim, self.z_dim, self.site = x_dim, z_dim, site
+        self.trunk = MLP([x_dim, *hidden], dropout=dropout, activate_output=True)
+        self.head = DiagonalNormalHead(hidden[-1], z_dim)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` of ``q(z | x)``, each ``(B, z_dim)``."""
+        return self.head(self.trunk(x))
+
+    def forward(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise ValueError(
+                f"DiagonalNormalEncoder expects x of shape (batch, {self.x_dim}), "
+                f"got {tuple(x.shape)}"
+            )
+        pyro.module("encoder", self)
+        with data_plate(x):
+            loc, scale = self.posterior(x)
+            pyro.sample(self.site, dist.Normal(loc, scale).to_event(1))

@@ -1,0 +1,41 @@
+"""pyro-aevb: Auto-Encoding Variational Bayes with Pyro.
+
+Data flow: data (:mod:`pyro_aevb.data`) -> model/guide pair
+(:mod:`pyro_aevb.models`, :mod:`pyro_aevb.guides`, the contract in
+:mod:`pyro_aevb.contract`) -> objective (:mod:`pyro_aevb.objectives`) ->
+:func:`fit` -> :func:`evaluate` -> plots (:mod:`pyro_aevb.plots`).
+"""
+
+__version__ = "0.1.0"
+
+from .contract import ContractError, check_pair
+from .evaluate import (
+    Evaluation,
+    ImportanceEstimate,
+    elbo_per_datapoint,
+    evaluate,
+    importance_log_likelihood,
+    log_importance_weights,
+)
+from .fit import FitResult, NonFiniteLossError, fit
+from .objectives import available_objectives, make_objective, register_objective
+from .plate import data_plate, full_data_size
+
+__all__ = [
+    "ContractError",
+    "Evaluation",
+    "FitResult",
+    "ImportanceEstimate",
+    "NonFiniteLossError",
+    "available_objectives",
+    "check_pair",
+    "data_plate",
+    "elbo_per_datapoint",
+    "evaluate",
+    "fit",
+    "full_data_size",
+    "importance_log_likelihood",
+    "log_importance_weights",
+    "make_objective",
+    "register_objective",
+]

@@ -1,0 +1,366 @@
+"""Fitting a model/guide pair with SVI: epochs over minibatches, checkpoints, resume.
+
+:func:`fit` is the one training loop of the library. It works for any pair that
+follows :mod:`pyro_aevb.contract`, checks the pair and the data before the first
+step, and writes a run directory that :func:`fit` can resume to the same
+parameters an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer.util import zero_grads
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .contract import PairSummary, call_arguments, check_data_support, check_pair
+from .data.dataset import Dataset, validate_array
+from .data.transforms import Identity, Transform, get_transform, transform_test_set
+from .device import resolve_device
+from .evaluate import elbo_per_datapoint, eval_mode, prepare_fields
+from .objectives import make_objective
+from .plate import full_data_size
+
+HISTORY_NAME = "history.csv"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite; training stopped before the update."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns; the trained parameters live in the model and guide."""
+
+    #: one dict per epoch: epoch, train_loss and test_elbo (nats per data point), seconds
+    history: list[dict]
+    #: wall-clock seconds spent in training steps (evaluation excluded), all sessions
+    train_seconds: float
+    epochs_completed: int
+    stopped_early: bool
+    #: epoch whose parameters the pair holds when early stopping restored the best
+    best_epoch: int | None
+    run_dir: Path | None
+    summary: PairSummary | None = field(repr=False, default=None)
+
+
+def _bind(fn: Callable, names: list[str]) -> Callable:
+    """Call ``fn`` with only the batch fields it takes (SVI passes all fields to both)."""
+    return lambda **batch: fn(**{k: batch[k] for k in names})
+
+
+def _training_fields(data) -> tuple[dict[str, torch.Tensor], int | None]:
+    if isinstance(data, Dataset):
+        return data.fields(), data.levels
+    if not isinstance(data, Mapping) or "x" not in data:
+        raise ValueError("data must be a pyro_aevb Dataset or a mapping of fields with 'x'")
+    fields = dict(data)
+    validate_array(fields["x"], "x")
+    n = fields["x"].shape[0]
+    for k, v in fields.items():
+        if v.shape[0] != n:
+            raise ValueError(f"field '{k}' has {v.shape[0]} rows but 'x' has {n}")
+    return fields, None
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def _params_snapshot(store) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in store.named_parameters()}
+
+
+def _copy_params(store, values: Mapping[str, torch.Tensor]) -> None:
+    params = dict(store.named_parameters())
+    missing = sorted(set(values) - set(params))
+    if missing:
+        raise ValueError(
+            f"checkpoint holds parameters {missing} that this model/guide pair does not have; "
+            "resume with the same model and guide that wrote it"
+        )
+    with torch.no_grad():
+        for name, value in values.items():
+            params[name].copy_(value)
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    train: Dataset | Mapping[str, torch.Tensor],
+    test: Dataset | Mapping[str, torch.Tensor] | None = None,
+    *,
+    transform: Transform | str | None = None,
+    objective: str = "elbo",
+    num_particles: int = 1,
+    objective_options: dict | None = None,
+    epochs: int = 10,
+    batch_size: int = 100,
+    lr: float = 1e-3,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    patience: int | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` and ``guide`` by stochastic variational inference.
+
+    :param train: training data, a :class:`Dataset` in the shape the pair reads
+        (e.g. ``train.flat()``) or a mapping of fields (``x`` first dim ``N``).
+    :param test: optional test data; its ELBO (nats per data point) is computed
+        after every epoch and drives early stopping.
+    :param transform: applied to ``x`` (name or :class:`Transform`); stochastic
+        transforms are redrawn every epoch, the test set is drawn once.
+    :param objective: a registered objective name (:mod:`pyro_aevb.objectives`).
+    :param num_particles: samples per data point and step.
+    :param objective_options: extra options of the objective (e.g. ``alpha``).
+    :param epochs: total epochs (a resumed run counts the epochs already done).
+    :param batch_size: data points per step; losses are scaled by ``N / batch_size``.
+    :param lr: Adam learning rate.
+    :param device: ``"cpu"`` or ``"cuda[:N]"``; model, guide and data are moved there.
+    :param seed: seeds Python, NumPy, PyTorch and the shuffling; CPU runs are reproducible.
+    :param run_dir: where to write ``checkpoint.pt`` (every epoch, atomically) and
+        ``history.csv``; ``None`` keeps everything in memory.
+    :param resume: continue from ``run_dir``'s checkpoint to the same parameters an
+        uninterrupted run reaches.
+    :param overwrite: allow starting afresh over an existing checkpoint.
+    :param patience: stop after this many epochs without a better test ELBO and
+        restore the best parameters (needs ``test``).
+    :param progress: show a tqdm progress bar with the running loss.
+    :raises NonFiniteLossError: on a NaN or infinite loss or gradient, naming the
+        epoch and step; the parameters and the last checkpoint stay as they were.
+    """
+    # Every check that can fail runs before any work is done.
+    dev = resolve_device(device)
+    elbo = make_objective(objective, num_particles, **(objective_options or {}))
+    transform = get_transform(transform) if transform is not None else Identity()
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    if patience is not None and test is None:
+        raise ValueError("early stopping (patience) needs test data")
+    raw_fields, levels = _training_fields(train)
+    n_train = raw_fields["x"].shape[0]
+    batch_size = min(batch_size, n_train)
+    test_fields = prepare_fields(test, transform, dev) if test is not None else None
+
+    run_dir = Path(run_dir) if run_dir is not None else None
+    checkpoint_path = run_dir / ckpt.CHECKPOINT_NAME if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir of the run to resume")
+    state = None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        if resume:
+            state = ckpt.load(checkpoint_path)
+        elif not overwrite:
+            raise FileExistsError(
+                f"{checkpoint_path} exists; pass resume=True to continue that run, "
+                "overwrite=True to start afresh, or another run_dir"
+            )
+    run_config = {
+        "objective": objective,
+        "num_particles": int(num_particles),
+        "objective_options": objective_options or {},
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "transform": repr(transform),
+        "num_train": n_train,
+        "patience": patience,
+    }
+    if state is not None:
+        changed = {k: (state["config"].get(k), v) for k, v in run_config.items()
+                   if state["config"].get(k) != v}
+        if changed:
+            raise ValueError(
+                "cannot resume with different settings (checkpoint value, now): "
+                + ", ".join(f"{k}={a!r}->{b!r}" for k, (a, b) in changed.items())
+            )
+
+    for module in (model, guide):
+        if isinstance(module, torch.nn.Module):
+            module.to(dev)
+    pyro.set_rng_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    fields = {k: v.to(dev) for k, v in raw_fields.items()}
+    deterministic_x = None if transform.resample_each_epoch else transform(fields["x"], None, levels)
+    # A seeded preview draw of the transformed data for the checks; it leaves the
+    # training generator untouched.
+    preview = dict(fields, x=transform_test_set(fields["x"], transform, levels))
+
+    store = pyro.get_param_store()
+    history: list[dict] = []
+    with store.scope():
+        first = {k: v[:batch_size] for k, v in preview.items()}
+        with full_data_size(n_train):
+            summary = check_pair(
+                model, guide, first, allow_model_enumeration=objective == "enum"
+            )
+        check_data_support(summary, preview)
+        if test_fields is not None:
+            check_data_support(summary, test_fields)
+        model_fn = _bind(model, list(call_arguments(model, first, "model")))
+        guide_fn = _bind(guide, list(call_arguments(guide, first, "guide")))
+        optim = pyro.optim.Adam({"lr": lr})
+
+        start_epoch, train_seconds, best, stopped = 0, 0.0, None, False
+        if state is not None:
+            for role, module in (("model", model), ("guide", guide)):
+                if isinstance(module, torch.nn.Module):
+                    module.load_state_dict(state["modules"][role])
+            _copy_params(store, state["params"])
+            optim.set_state(state["optimizer"])
+            ckpt.set_rng_state(state["rng"])
+            generator.set_state(state["generator"])
+            history = list(state["history"])
+            start_epoch, train_seconds = state["epoch"], state["train_seconds"]
+            best, stopped = state["best"], state["stopped"]
+
+        def save_checkpoint(epoch):
+            if checkpoint_path is None:
+                return
+            ckpt.atomic_save(
+                {
+                    "epoch": epoch,
+                    "config": run_config,
+                    "modules": {
+                        role: m.state_dict()
+                        for role, m in (("model", model), ("guide", guide))
+                        if isinstance(m, torch.nn.Module)
+                    },
+                    "params": _params_snapshot(store),
+                    "optimizer": optim.get_state(),
+                    "rng": ckpt.rng_state(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "train_seconds": train_seconds,
+                    "best": best,
+                    "stopped": stopped,
+                },
+                checkpoint_path,
+            )
+            _write_history(history, run_dir / HISTORY_NAME)
+
+        steps_per_epoch = math.ceil(n_train / batch_size)
+        bar = tqdm(
+            total=max(0, epochs - start_epoch) * steps_per_epoch,
+            disable=not progress or stopped,
+            desc="fit",
+            dynamic_ncols=True,
+        )
+        epoch = start_epoch
+        try:
+            while epoch < epochs and not stopped:
+                epoch += 1
+                t0 = time.perf_counter()
+                x = deterministic_x
+                if x is None:
+                    x = transform(fields["x"], generator, levels)
+                perm = torch.randperm(n_train, generator=generator).to(dev)
+                total = 0.0
+                for model_ in (model, guide):
+                    if isinstance(model_, torch.nn.Module):
+                        model_.train()
+                for step in range(steps_per_epoch):
+                    idx = perm[step * batch_size : (step + 1) * batch_size]
+                    batch = {k: v[idx] for k, v in fields.items()}
+                    batch["x"] = x[idx]
+                    with full_data_size(n_train):
+                        loss = _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch, step)
+                    total += loss / n_train
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{total / (step + 1):.2f}")
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                row = {"epoch": epoch, "train_loss": total / steps_per_epoch}
+                if test_fields is not None:
+                    with eval_mode(model, guide):
+                        test_elbo = elbo_per_datapoint(model, guide, test_fields, seed=seed)
+                    row["test_elbo"] = float(test_elbo.mean())
+                row["train_seconds"] = seconds
+                history.append(row)
+                if patience is not None:
+                    if best is None or row["test_elbo"] > best["test_elbo"]:
+                        best = {"epoch": epoch, "test_elbo": row["test_elbo"],
+                                "params": _params_snapshot(store),
+                                "modules": _module_states(model, guide)}
+                    elif epoch - best["epoch"] >= patience:
+                        stopped = True
+                save_checkpoint(epoch)
+        finally:
+            bar.close()
+
+        best_epoch = None
+        if best is not None:
+            for role, module in (("model", model), ("guide", guide)):
+                if role in best["modules"]:
+                    module.load_state_dict(best["modules"][role])
+            _copy_params(store, best["params"])
+            best_epoch = best["epoch"]
+    return FitResult(
+        history=history,
+        train_seconds=train_seconds,
+        epochs_completed=epoch,
+        stopped_early=stopped,
+        best_epoch=best_epoch,
+        run_dir=run_dir,
+        summary=summary,
+    )
+
+
+def _module_states(model, guide) -> dict:
+    return {
+        role: {k: v.detach().clone() for k, v in m.state_dict().items()}
+        for role, m in (("model", model), ("guide", guide))
+        if isinstance(m, torch.nn.Module)
+    }
+
+
+def _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int) -> float:
+    """One SVI step (as ``pyro.infer.SVI.step``) that refuses a non-finite update."""
+    with poutine.trace(param_only=True) as param_capture:
+        loss = elbo.loss_and_grads(model_fn, guide_fn, **batch)
+    params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = math.isfinite(loss) and bool(
+        torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else True
+    )
+    if not finite:
+        zero_grads(params)
+        what = f"loss {loss}" if not math.isfinite(loss) else "a non-finite gradient"
+        raise NonFiniteLossError(
+            f"{what} at epoch {epoch}, step {step + 1}; training stopped before this update. "
+            "The parameters are those after the last good step and the last checkpoint "
+            "is intact. Lower the learning rate, check the data, or clamp scales in the guide."
+        )
+    optim(params)
+    zero_grads(params)
+    return float(loss)
+
+
+def save_json(obj, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

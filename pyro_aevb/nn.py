@@ -1,0 +1,88 @@
+"""Shared building blocks: MLPs, a diagonal-Gaussian head, and likelihood heads.
+
+Models and guides are assembled from these so that no architecture is written
+twice. Likelihood heads map decoder outputs (logits) to a Pyro distribution
+over one data point's features (``event_dim = 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MLP(nn.Sequential):
+    """``Linear -> act (-> Dropout)`` for each hidden layer, then a final ``Linear``.
+
+    :param sizes: ``(in, hidden_1, ..., hidden_k, out)``.
+    :param activation: module class applied after each hidden layer.
+    :param dropout: dropout rate after each hidden activation (0 disables it).
+    :param activate_output: also apply the activation (and dropout) after the
+        last layer, for a trunk that feeds a separate head.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: type[nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
+        activate_output: bool = False,
+    ):
+        if len(sizes) < 2:
+            raise ValueError(f"an MLP needs at least input and output sizes, got {sizes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(n_in, n_out))
+            if activate_output or i < len(sizes) - 2:
+                layers.append(activation())
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+
+class DiagonalNormalHead(nn.Module):
+    """``h -> (loc, scale)`` with ``scale = softplus(.) + min_scale`` (Loaiza-Ganem &
+    Cunningham, 2019, the tutorial paper's encoder), shapes ``(..., out_dim)``."""
+
+    def __init__(self, in_dim: int, out_dim: int, min_scale: float = 1e-4):
+        super().__init__()
+        self.loc = nn.Linear(in_dim, out_dim)
+        self.scale = nn.Linear(in_dim, out_dim)
+        self.min_scale = min_scale
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc(h), F.softplus(self.scale(h)) + self.min_scale
+
+
+def bernoulli_likelihood(logits: torch.Tensor) -> dist.Distribution:
+    """Independent Bernoulli pixels, for binarized data in {0, 1}."""
+    return dist.Bernoulli(logits=logits).to_event(1)
+
+
+def continuous_bernoulli_likelihood(logits: torch.Tensor) -> dist.Distribution:
+    """Independent continuous Bernoulli pixels (Loaiza-Ganem & Cunningham, 2019), for
+    continuous data in [0, 1]; properly normalized, unlike a Bernoulli on grey values."""
+    return dist.ContinuousBernoulli(logits=logits).to_event(1)
+
+
+#: likelihood heads by name: logits of shape (..., D) -> distribution with event_dim 1
+LIKELIHOODS = {
+    "bernoulli": bernoulli_likelihood,
+    "continuous_bernoulli": continuous_bernoulli_likelihood,
+}
+
+
+def get_likelihood(name: str):
+    """The likelihood head registered as ``name``."""
+    try:
+        return LIKELIHOODS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown likelihood '{name}'; choose one of {sorted(LIKELIHOODS)}"
+        ) from None
