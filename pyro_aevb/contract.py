@@ -140,9 +140,7 @@ def check_pair(
     guide_kwargs = call_arguments(guide, batch, "guide")
     model_kwargs = call_arguments(model, batch, "model")
     guide_trace = poutine.trace(guide).get_trace(**guide_kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        **model_kwargs
-    )
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**model_kwargs)
     model_latents = {n: s for n, s in model_trace.nodes.items() if _is_latent(s)}
     guide_latents = {n: s for n, s in guide_trace.nodes.items() if _is_latent(s)}
     observed = {
@@ -153,7 +151,9 @@ def check_pair(
 
     problems = []
     enumerated = [
-        n for n, s in model_latents.items() if n not in guide_latents and s["infer"].get("enumerate")
+        n
+        for n, s in model_latents.items()
+        if n not in guide_latents and s["infer"].get("enumerate")
     ]
     missing = [n for n in model_latents if n not in guide_latents and n not in enumerated]
     if enumerated and not allow_model_enumeration:
@@ -240,8 +240,10 @@ def check_pair(
                 observed_fields[name] = (field_name, support)
 
     all_dims = [
-        f.dim for s in list(model_trace.nodes.values()) + list(guide_trace.nodes.values())
-        if s["type"] == "sample" for f in _frames(s)
+        f.dim
+        for s in list(model_trace.nodes.values()) + list(guide_trace.nodes.values())
+        if s["type"] == "sample"
+        for f in _frames(s)
     ]
     return PairSummary(
         latent_sites=list(model_latents),

@@ -58,7 +58,7 @@ def eval_mode(*modules) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, flag in zip(modules, flags):
+        for m, flag in zip(modules, flags, strict=True):
             m.train(flag)
 
 
@@ -121,7 +121,7 @@ def log_importance_weights(
         if not site["is_observed"] and name not in guided:
             continue  # drawn from its prior: part of the proposal, cancels
         log_w = log_w + _per_datapoint(site, summary)
-    for name, site in guide_trace.nodes.items():
+    for site in guide_trace.nodes.values():
         if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]:
             log_w = log_w - _per_datapoint(site, summary)
     batch_size = next(iter(batch.values())).shape[0]
@@ -301,7 +301,8 @@ def evaluate(
     :param elbo_particles: samples per data point for the ELBO estimate.
     """
     if device is None:
-        params = [p for m in (model, guide) if isinstance(m, torch.nn.Module) for p in m.parameters()]
+        modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+        params = [p for m in modules for p in m.parameters()]
         device = params[0].device if params else torch.device("cpu")
     fields = prepare_fields(data, transform, device)
     elbo = elbo_per_datapoint(model, guide, fields, elbo_particles, batch_size, seed=seed)

@@ -189,8 +189,11 @@ def fit(
         "patience": patience,
     }
     if state is not None:
-        changed = {k: (state["config"].get(k), v) for k, v in run_config.items()
-                   if state["config"].get(k) != v}
+        changed = {
+            k: (state["config"].get(k), v)
+            for k, v in run_config.items()
+            if state["config"].get(k) != v
+        }
         if changed:
             raise ValueError(
                 "cannot resume with different settings (checkpoint value, now): "
@@ -203,7 +206,9 @@ def fit(
     pyro.set_rng_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     fields = {k: v.to(dev) for k, v in raw_fields.items()}
-    deterministic_x = None if transform.resample_each_epoch else transform(fields["x"], None, levels)
+    deterministic_x = None
+    if not transform.resample_each_epoch:
+        deterministic_x = transform(fields["x"], None, levels)
     # A seeded preview draw of the transformed data for the checks; it leaves the
     # training generator untouched.
     preview = dict(fields, x=transform_test_set(fields["x"], transform, levels))
@@ -213,9 +218,7 @@ def fit(
     with store.scope():
         first = {k: v[:batch_size] for k, v in preview.items()}
         with full_data_size(n_train):
-            summary = check_pair(
-                model, guide, first, allow_model_enumeration=objective == "enum"
-            )
+            summary = check_pair(model, guide, first, allow_model_enumeration=objective == "enum")
         check_data_support(summary, preview)
         if test_fields is not None:
             check_data_support(summary, test_fields)
@@ -301,9 +304,12 @@ def fit(
                 history.append(row)
                 if patience is not None:
                     if best is None or row["test_elbo"] > best["test_elbo"]:
-                        best = {"epoch": epoch, "test_elbo": row["test_elbo"],
-                                "params": _params_snapshot(store),
-                                "modules": _module_states(model, guide)}
+                        best = {
+                            "epoch": epoch,
+                            "test_elbo": row["test_elbo"],
+                            "params": _params_snapshot(store),
+                            "modules": _module_states(model, guide),
+                        }
                     elif epoch - best["epoch"] >= patience:
                         stopped = True
                 save_checkpoint(epoch)
