@@ -46,6 +46,9 @@ from .data.transforms import Transform, get_transform, transform_test_set
 
 #: the default budget of rows (particles x data points) in one forward pass
 MAX_ROWS = 20_000
+#: fewest importance samples for which PSIS k-hat is reported: its tail fit uses
+#: min(K/5, 3 sqrt(K)) draws, too few below this to mean anything
+MIN_PARETO_PARTICLES = 100
 
 
 @contextlib.contextmanager
@@ -183,7 +186,7 @@ def importance_log_likelihood(
         layers: for the default VAE (784-500-500-20) and the default 20 000 rows
         that is about 0.4 GB; all K weights of one batch (``K * batch_size``
         floats, 2 MB for K = 5000) are kept for the ESS and PSIS.
-    :param pareto: also compute PSIS :math:`\hat k` (ArviZ).
+    :param pareto: also compute PSIS :math:`\hat k` (ArviZ), when ``K >= 100``.
     :param seed: seed of a private RNG stream (``None``: use the global one).
     :returns: an :class:`ImportanceEstimate`; its means over data points are the
         test log-likelihood and test ELBO in nats per data point.
@@ -206,7 +209,7 @@ def importance_log_likelihood(
             out["elbo"].append(log_w.mean(0))
             normalized = torch.softmax(log_w, 0)
             out["ess"].append(1.0 / normalized.pow(2).sum(0))
-            if pareto and num_particles >= 10:
+            if pareto and num_particles >= MIN_PARETO_PARTICLES:
                 out["k"].append(torch.as_tensor(pareto_k_hat(log_w.T.cpu().numpy())))
     cat = lambda xs: torch.cat([x.cpu() for x in xs])
     return ImportanceEstimate(

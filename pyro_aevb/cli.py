@@ -1,0 +1,152 @@
+"""The ``pyro-aevb`` command line: ``fit MODEL`` and ``evaluate RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .data import DATASETS, TRANSFORMS
+from .nn import LIKELIHOODS
+from .objectives import available_objectives
+from .pairs import available_pairs
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--hidden takes comma-separated sizes, got '{text}'"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden needs positive sizes, got '{text}'")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-aevb", description="Fit and evaluate latent variable models with AEVB."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="train a model/guide pair and write a run directory")
+    f.add_argument("model", choices=available_pairs(), help="the model/guide pair")
+    f.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist-subset (bundled)")
+    f.add_argument("--data-dir", help="folder with IDX files (fashion-mnist, mnist)")
+    f.add_argument(
+        "--binarize",
+        dest="transform",
+        choices=sorted(TRANSFORMS),
+        help="dynamic (default), fixed, threshold, dequantize (continuous), none",
+    )
+    f.add_argument(
+        "--likelihood",
+        choices=sorted(LIKELIHOODS),
+        help="default: bernoulli for binarized data, else continuous_bernoulli",
+    )
+    f.add_argument("--objective", choices=available_objectives(), help="default: elbo")
+    f.add_argument(
+        "--particles",
+        dest="num_particles",
+        type=int,
+        help="samples per data point and training step (default 1)",
+    )
+    f.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0)")
+    f.add_argument("--epochs", type=int)
+    f.add_argument("--batch-size", type=int)
+    f.add_argument("--lr", type=float, help="Adam learning rate")
+    f.add_argument("--latent-dim", dest="z_dim", type=int)
+    f.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 500,500")
+    f.add_argument("--dropout", type=float)
+    f.add_argument("--patience", type=int, help="early stopping on the test ELBO")
+    f.add_argument(
+        "--eval-particles",
+        dest="log_likelihood_particles",
+        type=int,
+        help="importance samples for the test log-likelihood (default 1000)",
+    )
+    f.add_argument("--max-train", type=int, help="use only the first N training points")
+    f.add_argument("--max-test", type=int, help="use only the first N test points")
+    f.add_argument("--device", help="cpu (default) or cuda[:N]")
+    f.add_argument("--seed", type=int)
+    f.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out")
+    f.add_argument("--overwrite", action="store_true", help="start afresh over --out")
+    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    e = sub.add_parser("evaluate", help="recompute metrics.json from a run's checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--particles", type=int, default=1000, help="importance samples (K)")
+    e.add_argument("--device", help="override the run's device")
+    return parser
+
+
+def _fit(args) -> dict:
+    from .runs import resolve_config, train_run
+
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in {"command", "model", "out", "resume", "overwrite", "no_progress", "alpha"}
+    }
+    if args.alpha is not None:
+        overrides["objective_options"] = {"alpha": args.alpha}
+    config = resolve_config(args.model, overrides)
+    out = args.out or f"runs/{args.model}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume and not (Path(out) / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"--resume: no checkpoint.pt in {out}")
+    _, result, metrics = train_run(
+        config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    print(f"run directory: {out}")
+    return metrics
+
+
+def _evaluate(args) -> dict:
+    from .runs import evaluate_run, load_run
+
+    run = load_run(args.run_dir, device=args.device)
+    metrics = evaluate_run(run, Path(args.run_dir), args.particles)
+    print(f"run directory: {args.run_dir}")
+    return metrics
+
+
+def _summary(metrics: dict) -> str:
+    lines = [
+        f"test ELBO            {metrics['test_elbo']:9.2f} +- {metrics['test_elbo_se']:.2f} nats",
+        f"test log-likelihood  {metrics['test_log_likelihood']:9.2f} +- "
+        f"{metrics['test_log_likelihood_se']:.2f} nats "
+        f"(K = {metrics['log_likelihood_particles']} importance samples)",
+        f"ESS mean             {metrics['ess_mean']:9.1f}",
+    ]
+    if "pareto_k_mean" in metrics:
+        lines.append(
+            f"Pareto k-hat mean    {metrics['pareto_k_mean']:9.2f} "
+            f"({100 * metrics['pareto_k_fraction_above_0.7']:.0f}% above 0.7)"
+        )
+    if metrics.get("train_seconds") is not None:
+        lines.append(
+            f"training             {metrics['train_seconds']:9.1f} s "
+            f"({metrics['epochs_completed']} epochs)"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = _fit(args) if args.command == "fit" else _evaluate(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, NotImplementedError) as e:
+        print(f"pyro-aevb: error: {e}", file=sys.stderr)
+        return 2
+    print(_summary(metrics))
+    if "--json" in (argv or []):
+        print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

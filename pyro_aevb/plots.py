@@ -1,0 +1,163 @@
+"""Figures for any pair: learning curves, generated samples, reconstructions, latent maps.
+
+Samples and reconstructions are generic: they are the mean of the likelihood at
+the model's observed site, with latents drawn from the prior (samples) or from
+the guide (reconstructions), so they work for any pair that follows the contract.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import pyro  # noqa: E402
+import torch  # noqa: E402
+from pyro import poutine  # noqa: E402
+
+from .contract import call_arguments  # noqa: E402
+from .evaluate import eval_mode, isolated  # noqa: E402
+
+
+def _observed_mean(trace, site: str | None) -> torch.Tensor:
+    observed = [
+        n
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample" and s["is_observed"] and not n.startswith("_") and n != "data"
+    ]
+    name = site or observed[-1]
+    return trace.nodes[name]["fn"].mean
+
+
+@torch.no_grad()
+def prior_predictive_mean(
+    model: Callable, batch: Mapping[str, torch.Tensor], site: str | None = None, seed: int = 0
+) -> torch.Tensor:
+    """Mean of ``p(x | z)`` with ``z`` drawn from the prior, one per row of ``batch``.
+
+    The batch only fixes shapes and conditioning inputs (such as labels); the
+    observed values do not enter. Shape of ``batch["x"]``.
+    """
+    with isolated(seed), eval_mode(model):
+        trace = poutine.trace(model).get_trace(**call_arguments(model, batch, "model"))
+    return _observed_mean(trace, site)
+
+
+@torch.no_grad()
+def reconstruction_mean(
+    model: Callable,
+    guide: Callable,
+    batch: Mapping[str, torch.Tensor],
+    site: str | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Mean of ``p(x | z)`` with ``z ~ q(z | x)``: the reconstruction of each data point."""
+    with isolated(seed), eval_mode(model, guide):
+        guide_trace = poutine.trace(guide).get_trace(**call_arguments(guide, batch, "guide"))
+        trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            **call_arguments(model, batch, "model")
+        )
+    return _observed_mean(trace, site)
+
+
+@torch.no_grad()
+def latent_means(
+    guide: Callable, batch: Mapping[str, torch.Tensor], site: str = "z"
+) -> torch.Tensor:
+    """Mean of ``q(site | x)`` for each data point, shape ``(B, L)``."""
+    with pyro.get_param_store().scope(), eval_mode(guide):
+        trace = poutine.trace(guide).get_trace(**call_arguments(guide, batch, "guide"))
+    return trace.nodes[site]["fn"].mean
+
+
+def image_grid(
+    images: torch.Tensor,
+    image_shape: Sequence[int],
+    ncols: int = 10,
+    title: str | None = None,
+    ax=None,
+):
+    """Show ``images`` (``(n, prod(image_shape))`` or ``(n, *image_shape)``) as a grid."""
+    images = images.detach().cpu().reshape(-1, *image_shape)
+    n = images.shape[0]
+    nrows = math.ceil(n / ncols)
+    h, w = image_shape
+    canvas = torch.ones(nrows * (h + 1) - 1, ncols * (w + 1) - 1)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(ncols * 0.6, nrows * 0.6 + (0.4 if title else 0)))
+    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def learning_curve(history: Sequence[Mapping], ax=None):
+    """Training loss and test ELBO per epoch, in nats per data point."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [row["epoch"] for row in history]
+    ax.plot(epochs, [-row["train_loss"] for row in history], label="train ELBO (running)")
+    if history and "test_elbo" in history[0]:
+        ax.plot(epochs, [row["test_elbo"] for row in history], label="test ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return ax.figure
+
+
+def reconstructions_figure(
+    originals: torch.Tensor, reconstructions: torch.Tensor, image_shape, ncols: int = 10
+):
+    """Originals (top row of each pair) over their reconstructions."""
+    n = min(originals.shape[0], ncols * 3)
+    rows = []
+    for start in range(0, n, ncols):
+        rows += [originals[start : start + ncols], reconstructions[start : start + ncols]]
+    return image_grid(
+        torch.cat(rows),
+        image_shape,
+        ncols=ncols,
+        title="data (odd rows) and reconstructions (even rows)",
+    )
+
+
+def latent_map(means: torch.Tensor, labels: torch.Tensor | None = None, ax=None):
+    """The first two principal components of the guide's means, coloured by label."""
+    means = means.detach().cpu()
+    centered = means - means.mean(0)
+    if means.shape[1] > 2:
+        _, _, v = torch.linalg.svd(centered, full_matrices=False)
+        coords = centered @ v[:2].T
+        xlabel, ylabel = "PC 1 of E_q[z]", "PC 2 of E_q[z]"
+    else:
+        coords = centered
+        xlabel, ylabel = "E_q[z_1]", "E_q[z_2]"
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+    sc = ax.scatter(
+        coords[:, 0],
+        coords[:, 1],
+        c=None if labels is None else labels.cpu(),
+        cmap="tab10",
+        s=6,
+        alpha=0.8,
+    )
+    if labels is not None:
+        ax.figure.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax.figure
+
+
+def save(fig, path) -> None:
+    """Save and close a figure."""
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,211 @@
+"""Run directories: train a named pair end to end, write every output, reload it later.
+
+A run directory holds ``config.json`` (everything needed to rebuild the run),
+``checkpoint.pt``, ``history.csv``, ``metrics.json`` and the figures
+``learning_curve.png``, ``samples.png`` and ``reconstructions.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+
+from . import checkpoint as ckpt
+from . import plots
+from .data import get_transform, load_dataset, transform_test_set
+from .data.dataset import Dataset
+from .device import resolve_device
+from .evaluate import evaluate
+from .fit import FitResult, fit, save_json
+from .objectives import make_objective
+from .pairs import PairSpec, get_pair
+
+
+@dataclass
+class Run:
+    """A named pair with its data, as described by a run's ``config.json``."""
+
+    config: dict
+    spec: PairSpec
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    train: Dataset
+    test: Dataset
+
+
+def build_run(config: dict) -> Run:
+    """Load the data and build the pair that ``config`` describes (no training)."""
+    spec = get_pair(config["model"])
+    train, test = load_dataset(config["dataset"], config.get("data_dir"))
+    if config.get("max_train"):
+        train = train.subset(range(min(config["max_train"], len(train))))
+    if config.get("max_test"):
+        test = test.subset(range(min(config["max_test"], len(test))))
+    train, test = spec.prepare(train), spec.prepare(test)
+    model, guide = spec.build(train, **config["architecture"])
+    return Run(config, spec, model, guide, train, test)
+
+
+def resolve_config(model: str, overrides: dict) -> dict:
+    """The pair's defaults updated by the non-``None`` ``overrides``; validates names."""
+    spec = get_pair(model)
+    config = {"model": model, **spec.training, "architecture": dict(spec.options)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in spec.options:
+            config["architecture"][key] = value
+        else:
+            config[key] = value
+    transform = get_transform(config["transform"])
+    if config["architecture"].get("likelihood", "") is None:
+        config["architecture"]["likelihood"] = transform.likelihood
+    if isinstance(config["architecture"].get("hidden"), tuple):
+        config["architecture"]["hidden"] = list(config["architecture"]["hidden"])
+    make_objective(
+        config["objective"], config["num_particles"], **config.get("objective_options", {})
+    )
+    resolve_device(config.get("device", "cpu"))
+    config.setdefault("device", "cpu")
+    config.setdefault("seed", 0)
+    return config
+
+
+def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, progress=True):
+    """Fit the pair of ``config``, evaluate it and write the whole run directory.
+
+    :returns: ``(run, fit_result, metrics)``.
+    """
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / ckpt.CHECKPOINT_NAME
+    if checkpoint_path.exists() and not (resume or overwrite):
+        raise FileExistsError(
+            f"{checkpoint_path} exists; use --resume to continue it, --overwrite to start "
+            "afresh, or another --out"
+        )
+    run = build_run(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dict(
+        config,
+        versions={
+            "pyro_aevb": __import__("pyro_aevb").__version__,
+            "pyro": pyro.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    )
+    save_json(config, run_dir / "config.json")
+    t0 = time.perf_counter()
+    result = fit(
+        run.model,
+        run.guide,
+        run.train,
+        run.test,
+        transform=config["transform"],
+        objective=config["objective"],
+        num_particles=config["num_particles"],
+        objective_options=config.get("objective_options") or None,
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        lr=config["lr"],
+        device=config["device"],
+        seed=config["seed"],
+        run_dir=run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        patience=config.get("patience"),
+        progress=progress,
+    )
+    fit_seconds = time.perf_counter() - t0
+    metrics = evaluate_run(run, run_dir, config["log_likelihood_particles"], result, fit_seconds)
+    write_figures(run, run_dir, result.history)
+    return run, result, metrics
+
+
+def evaluate_run(
+    run: Run,
+    run_dir: Path,
+    particles: int,
+    result: FitResult | None = None,
+    fit_seconds: float | None = None,
+) -> dict:
+    """Evaluate the run's pair on its test set and write ``metrics.json``."""
+    t0 = time.perf_counter()
+    ev = evaluate(
+        run.model,
+        run.guide,
+        run.test,
+        transform=run.config["transform"],
+        num_particles=particles,
+        seed=run.config.get("seed", 0),
+    )
+    metrics = ev.metrics()
+    metrics["evaluation_seconds"] = time.perf_counter() - t0
+    path = Path(run_dir) / "metrics.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    if result is not None:
+        previous.update(
+            train_seconds=result.train_seconds,
+            fit_seconds=fit_seconds,
+            epochs_completed=result.epochs_completed,
+            seconds_per_epoch=result.train_seconds / max(1, len(result.history)),
+            stopped_early=result.stopped_early,
+            best_epoch=result.best_epoch,
+            final_train_loss=result.history[-1]["train_loss"] if result.history else None,
+        )
+    previous.update(metrics)
+    save_json(previous, path)
+    return previous
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> Run:
+    """Rebuild a finished (or interrupted) run from its directory with trained parameters.
+
+    Uses the best parameters when early stopping kept them, else the last epoch's.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    config = json.loads(config_path.read_text())
+    if device is not None:
+        config["device"] = device
+    run = build_run(config)
+    state = ckpt.load(run_dir / ckpt.CHECKPOINT_NAME)
+    modules = (state["best"] or state)["modules"]
+    run.model.load_state_dict(modules["model"])
+    run.guide.load_state_dict(modules["guide"])
+    dev = resolve_device(config["device"])
+    run.model.to(dev)
+    run.guide.to(dev)
+    return run
+
+
+def write_figures(run: Run, run_dir: Path, history) -> None:
+    """``learning_curve.png``, ``samples.png`` and ``reconstructions.png``."""
+    run_dir = Path(run_dir)
+    dev = next(run.model.parameters()).device
+    plots.save(plots.learning_curve(history), run_dir / "learning_curve.png")
+    transform = get_transform(run.config["transform"])
+    n = min(100, len(run.test))
+    x = transform_test_set(run.test.x[:n], transform, run.test.levels).to(dev)
+    batch = {"x": x}
+    if run.test.y is not None:
+        batch["y"] = run.test.y[:n].to(dev)
+    shape = run.test.image_shape
+    if len(shape) == 2:
+        samples = plots.prior_predictive_mean(run.model, batch, seed=run.config.get("seed", 0))
+        plots.save(
+            plots.image_grid(samples, shape, title="samples: mean of p(x | z), z ~ p(z)"),
+            run_dir / "samples.png",
+        )
+        recon = plots.reconstruction_mean(run.model, run.guide, batch)
+        plots.save(
+            plots.reconstructions_figure(x[:30], recon[:30], shape), run_dir / "reconstructions.png"
+        )
