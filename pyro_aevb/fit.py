@@ -344,8 +344,24 @@ def _module_states(model, guide) -> dict:
 
 def _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int) -> float:
     """One SVI step (as ``pyro.infer.SVI.step``) that refuses a non-finite update."""
+    advice = (
+        "training stopped before this update. The parameters are those after the last "
+        "good step and the last checkpoint is intact. Lower the learning rate, check the "
+        "data, or bound the scales the guide and model produce."
+    )
     with poutine.trace(param_only=True) as param_capture:
-        loss = elbo.loss_and_grads(model_fn, guide_fn, **batch)
+        try:
+            loss = elbo.loss_and_grads(model_fn, guide_fn, **batch)
+        except ValueError as e:
+            # PyTorch's argument validation: a distribution parameter became NaN,
+            # infinite or left its constraint inside the forward pass.
+            if "found invalid values" not in str(e):
+                raise
+            zero_grads({s["value"].unconstrained() for s in param_capture.trace.nodes.values()})
+            raise NonFiniteLossError(
+                f"invalid distribution parameters (NaN, infinite or outside their constraint) "
+                f"at epoch {epoch}, step {step + 1}; {advice}\n{str(e).splitlines()[0]}"
+            ) from e
     params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
     grads = [p.grad for p in params if p.grad is not None]
     finite = math.isfinite(loss) and bool(
@@ -354,11 +370,7 @@ def _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int) -> 
     if not finite:
         zero_grads(params)
         what = f"loss {loss}" if not math.isfinite(loss) else "a non-finite gradient"
-        raise NonFiniteLossError(
-            f"{what} at epoch {epoch}, step {step + 1}; training stopped before this update. "
-            "The parameters are those after the last good step and the last checkpoint "
-            "is intact. Lower the learning rate, check the data, or clamp scales in the guide."
-        )
+        raise NonFiniteLossError(f"{what} at epoch {epoch}, step {step + 1}; {advice}")
     optim(params)
     zero_grads(params)
     return float(loss)
