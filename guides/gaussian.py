@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_aevb.nn import MLP, DiagonalNormalHead
+from pyro_aevb.nn import MLP, DiagonalNormalHead, check_flat_input
 from pyro_aevb.plate import data_plate
 
 
@@ -47,11 +47,7 @@ class DiagonalNormalEncoder(nn.Module):
         return self.head(self.trunk(x))
 
     def forward(self, x: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise ValueError(
-                f"DiagonalNormalEncoder expects x of shape (batch, {self.x_dim}), "
-                f"got {tuple(x.shape)}"
-            )
+        check_flat_input(x, self.x_dim, "DiagonalNormalEncoder")
         pyro.module("encoder", self)
         with data_plate(x):
             loc, scale = self.posterior(x)

@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_aevb.nn import MLP, get_likelihood
+from pyro_aevb.nn import MLP, check_flat_input, get_likelihood
 from pyro_aevb.plate import data_plate
 
 
@@ -47,12 +47,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> None:
         """Score a batch ``x`` of shape ``(B, D)``."""
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise ValueError(
-                f"VAE expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}; "
-                "flatten images with Dataset.flat() or build the VAE with x_dim="
-                f"{x.shape[-1] if x.dim() == 2 else 'the flattened size'}"
-            )
+        check_flat_input(x, self.x_dim, "VAE")
         pyro.module("decoder", self.decoder)
         with data_plate(x):
             prior = dist.Normal(x.new_zeros(self.z_dim), x.new_ones(self.z_dim)).to_event(1)

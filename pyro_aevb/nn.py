@@ -60,6 +60,19 @@ class DiagonalNormalHead(nn.Module):
         return self.loc(h), F.softplus(self.scale(h)) + self.min_scale
 
 
+def check_flat_input(x: torch.Tensor, x_dim: int, owner: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a batch of vectors ``(B, x_dim)``."""
+    if x.dim() != 2 or x.shape[-1] != x_dim:
+        hint = (
+            "flatten images with Dataset.flat()"
+            if x.dim() > 2
+            else f"build {owner} with x_dim={x.shape[-1]} for this data"
+        )
+        raise ValueError(
+            f"{owner} expects x of shape (batch, {x_dim}), got {tuple(x.shape)}; {hint}"
+        )
+
+
 def bernoulli_likelihood(logits: torch.Tensor) -> dist.Distribution:
     """Independent Bernoulli pixels, for binarized data in {0, 1}."""
     return dist.Bernoulli(logits=logits).to_event(1)

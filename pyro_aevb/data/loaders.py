@@ -28,8 +28,10 @@ _IDX_FILES = {
 
 
 def _make(images: np.ndarray, labels: np.ndarray, levels: int, shape, name: str) -> Dataset:
-    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, *shape) / (levels - 1)
-    return Dataset(x, torch.as_tensor(labels, dtype=torch.int64), levels, tuple(shape), name)
+    x = torch.from_numpy(np.array(images, dtype=np.float32)).reshape(-1, *shape) / (levels - 1)
+    return Dataset(
+        x, torch.from_numpy(np.array(labels, dtype=np.int64)), levels, tuple(shape), name
+    )
 
 
 def load_mnist_subset() -> tuple[Dataset, Dataset]:

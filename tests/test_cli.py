@@ -1,0 +1,122 @@
+"""The command line end to end on tiny settings."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from pyro_aevb.cli import main
+
+TINY = [
+    "--dataset",
+    "digits",
+    "--epochs",
+    "2",
+    "--hidden",
+    "32",
+    "--latent-dim",
+    "4",
+    "--max-train",
+    "300",
+    "--max-test",
+    "100",
+    "--eval-particles",
+    "100",
+    "--no-progress",
+]
+FILES = {
+    "config.json",
+    "history.csv",
+    "metrics.json",
+    "checkpoint.pt",
+    "learning_curve.png",
+    "samples.png",
+    "reconstructions.png",
+}
+
+
+def test_fit_writes_every_output_and_evaluate_recomputes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "vae", *TINY, "--out", str(out)]) == 0
+    assert FILES <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_elbo", "test_log_likelihood", "log_likelihood_particles", "train_seconds"):
+        assert key in metrics
+    assert metrics["log_likelihood_particles"] == 100
+    assert metrics["test_elbo"] <= metrics["test_log_likelihood"] + 3 * metrics["test_elbo_se"]
+    printed = capsys.readouterr().out
+    assert "test log-likelihood" in printed and str(out) in printed
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss,test_elbo") and len(history) == 3
+
+    assert main(["evaluate", str(out), "--particles", "200"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["log_likelihood_particles"] == 200
+    assert again["test_elbo"] == pytest.approx(metrics["test_elbo"], abs=1e-6)  # same parameters
+
+    # A finished run resumes to itself; an existing run is not overwritten by accident.
+    assert main(["fit", "vae", *TINY, "--out", str(out), "--resume"]) == 0
+    assert main(["fit", "vae", *TINY, "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_continuous_data_and_other_objectives(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "fit",
+        "vae",
+        *TINY,
+        "--binarize",
+        "dequantize",
+        "--objective",
+        "renyi",
+        "--particles",
+        "3",
+        "--alpha",
+        "0.5",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"]["likelihood"] == "continuous_bernoulli"
+    assert config["objective_options"] == {"alpha": 0.5}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "vae", "--device", "cuda"], "no CUDA device"),
+        (["fit", "vae", "--objective", "renyi", "--particles", "1"], "renyi needs"),
+        (["evaluate", "/nonexistent/run"], "not a run directory"),
+    ],
+)
+def test_errors_exit_with_a_message(args, message, capsys, tmp_path):
+    if "cuda" in args:
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available")
+    assert main(args + (["--out", str(tmp_path / "r")] if args[0] == "fit" else [])) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_unknown_names_are_rejected_by_the_parser(capsys):
+    for args in (
+        ["fit", "gan"],
+        ["fit", "vae", "--dataset", "cifar"],
+        ["fit", "vae", "--objective", "elbow"],
+        ["fit", "vae", "--binarize", "yes"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("pyro-aevb")
+    assert exe is not None, "pip install the package to get the pyro-aevb command"
+    result = subprocess.run([exe, "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--binarize" in result.stdout
