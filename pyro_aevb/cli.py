@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -143,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyro-aevb: error: {e}", file=sys.stderr)
         return 2
     print(_summary(metrics))
-    if "--json" in (argv or []):
-        print(json.dumps(metrics))
     return 0
 
 
