@@ -204,7 +204,9 @@ def fit(
         if isinstance(module, torch.nn.Module):
             module.to(dev)
     pyro.set_rng_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    # Shuffling and per-epoch transforms draw from a generator on the data's device
+    # (a CPU generator cannot drive CUDA sampling); its state is checkpointed.
+    generator = torch.Generator(device=dev).manual_seed(seed)
     fields = {k: v.to(dev) for k, v in raw_fields.items()}
     deterministic_x = None
     if not transform.resample_each_epoch:
@@ -279,7 +281,7 @@ def fit(
                 x = deterministic_x
                 if x is None:
                     x = transform(fields["x"], generator, levels)
-                perm = torch.randperm(n_train, generator=generator).to(dev)
+                perm = torch.randperm(n_train, generator=generator, device=dev)
                 total = 0.0
                 for model_ in (model, guide):
                     if isinstance(model_, torch.nn.Module):
