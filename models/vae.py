@@ -17,7 +17,8 @@ class VAE(nn.Module):
     r"""Generative model :math:`p(z) = \mathcal{N}(0, I)`, :math:`p_\theta(x \mid z) =
     \prod_d \mathrm{Lik}(x_d; f_\theta(z)_d)`, with :math:`f_\theta` an MLP decoder.
 
-    Defaults follow the AEVB tutorial paper (section 5.3): latent dimension 20,
+    Defaults follow Yang Zhi-Han, "Training Latent Variable Models with Auto-encoding
+    Variational Bayes: A Tutorial", section 5.3: latent dimension 20,
     two hidden layers of 500 ReLU units.
 
     :param x_dim: features per data point ``D`` (784 for MNIST).

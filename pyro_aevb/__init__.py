@@ -9,7 +9,7 @@ Data flow: data (:mod:`pyro_aevb.data`) -> model/guide pair
 __version__ = "0.1.0"
 
 from .contract import ContractError, check_pair
-from .evaluate import (
+from .evaluation import (
     Evaluation,
     ImportanceEstimate,
     elbo_per_datapoint,
@@ -17,9 +17,9 @@ from .evaluate import (
     importance_log_likelihood,
     log_importance_weights,
 )
-from .fit import FitResult, NonFiniteLossError, fit
 from .objectives import available_objectives, make_objective, register_objective
 from .plate import data_plate, full_data_size
+from .training import FitResult, NonFiniteLossError, fit
 
 __all__ = [
     "ContractError",

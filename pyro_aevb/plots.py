@@ -10,16 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pyro
+import torch
+from pyro import poutine
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from pyro import poutine  # noqa: E402
-
-from .contract import call_arguments  # noqa: E402
-from .evaluate import eval_mode, isolated  # noqa: E402
+from .contract import call_arguments
+from .evaluation import eval_mode, isolated
 
 
 def _observed_mean(trace, site: str | None) -> torch.Tensor:
@@ -85,7 +82,8 @@ def image_grid(
     n = images.shape[0]
     nrows = math.ceil(n / ncols)
     h, w = image_shape
-    canvas = torch.ones(nrows * (h + 1) - 1, ncols * (w + 1) - 1)
+    # 0 is white under the reversed grey map: white gaps between images.
+    canvas = torch.zeros(nrows * (h + 1) - 1, ncols * (w + 1) - 1)
     for i in range(n):
         r, c = divmod(i, ncols)
         canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]

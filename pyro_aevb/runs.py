@@ -21,10 +21,10 @@ from . import plots
 from .data import get_transform, load_dataset, transform_test_set
 from .data.dataset import Dataset
 from .device import resolve_device
-from .evaluate import evaluate
-from .fit import FitResult, fit, save_json
+from .evaluation import evaluate
 from .objectives import make_objective
 from .pairs import PairSpec, get_pair
+from .training import FitResult, fit, save_json
 
 
 @dataclass
@@ -48,6 +48,8 @@ def build_run(config: dict) -> Run:
     if config.get("max_test"):
         test = test.subset(range(min(config["max_test"], len(test))))
     train, test = spec.prepare(train), spec.prepare(test)
+    # Seed before the modules draw their initial weights, so a run is reproducible.
+    pyro.set_rng_seed(config.get("seed", 0))
     model, guide = spec.build(train, **config["architecture"])
     return Run(config, spec, model, guide, train, test)
 

@@ -8,7 +8,7 @@ from pyro import poutine
 from torch.nn import functional as F
 
 from pyro_aevb import check_pair, elbo_per_datapoint, importance_log_likelihood
-from pyro_aevb.evaluate import log_importance_weights
+from pyro_aevb.evaluation import log_importance_weights
 from tests.conftest import GaussianGuide, tiny_vae
 
 

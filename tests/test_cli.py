@@ -49,6 +49,8 @@ def test_fit_writes_every_output_and_evaluate_recomputes(tmp_path, capsys):
     assert "test log-likelihood" in printed and str(out) in printed
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,test_elbo") and len(history) == 3
+    # fit's last test ELBO and evaluate's use the same seed and batches: the same number.
+    assert float(history[-1].split(",")[2]) == pytest.approx(metrics["test_elbo"], abs=1e-9)
 
     assert main(["evaluate", str(out), "--particles", "200"]) == 0
     again = json.loads((out / "metrics.json").read_text())
@@ -59,6 +61,21 @@ def test_fit_writes_every_output_and_evaluate_recomputes(tmp_path, capsys):
     assert main(["fit", "vae", *TINY, "--out", str(out), "--resume"]) == 0
     assert main(["fit", "vae", *TINY, "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_runs_with_the_same_seed_are_identical(tmp_path):
+    """Initial weights, shuffling, binarization and evaluation all follow --seed."""
+    runs = []
+    for name in ("a", "b"):
+        assert (
+            main(
+                ["fit", "vae", *TINY, "--epochs", "1", "--seed", "3", "--out", str(tmp_path / name)]
+            )
+            == 0
+        )
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    for key in ("test_elbo", "test_log_likelihood", "final_train_loss"):
+        assert runs[0][key] == runs[1][key], key
 
 
 def test_continuous_data_and_other_objectives(tmp_path):

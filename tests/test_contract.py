@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_aevb import ContractError, check_pair, data_plate
-from pyro_aevb.evaluate import importance_log_likelihood
+from pyro_aevb.evaluation import importance_log_likelihood
 from tests.conftest import tiny_vae
 
 X = torch.bernoulli(torch.full((10, 64), 0.3), generator=torch.Generator().manual_seed(0))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_aevb import available_objectives, full_data_size, make_objective, register_objective
-from pyro_aevb.fit import _bind, _svi_step
+from pyro_aevb.training import _bind, _svi_step
 from tests.conftest import tiny_vae
 
 OPTIONS = {"elbo": {}, "meanfield": {}, "enum": {}, "renyi": {"alpha": 0.0}}

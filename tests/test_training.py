@@ -10,7 +10,7 @@ from pyro_aevb.models import VAE
 
 import pyro_aevb.checkpoint as ckpt
 from pyro_aevb import NonFiniteLossError, elbo_per_datapoint, fit
-from pyro_aevb.evaluate import eval_mode, prepare_fields
+from pyro_aevb.evaluation import eval_mode, prepare_fields
 from tests.conftest import tiny_vae
 
 SETTINGS = dict(transform="dynamic", batch_size=64, lr=3e-3, seed=7, progress=False)

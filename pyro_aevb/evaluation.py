@@ -227,7 +227,7 @@ def elbo_per_datapoint(
     guide: Callable,
     fields: Mapping[str, torch.Tensor],
     num_particles: int = 1,
-    batch_size: int = 500,
+    batch_size: int = 100,
     seed: int | None = 0,
 ) -> torch.Tensor:
     r"""Monte Carlo ELBO :math:`\frac1K\sum_k \log w_k` per data point, shape ``(N,)``, nats."""

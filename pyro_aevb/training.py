@@ -22,14 +22,14 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer.util import zero_grads
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .contract import PairSummary, call_arguments, check_data_support, check_pair
 from .data.dataset import Dataset, validate_array
 from .data.transforms import Identity, Transform, get_transform, transform_test_set
 from .device import resolve_device
-from .evaluate import elbo_per_datapoint, eval_mode, prepare_fields
+from .evaluation import elbo_per_datapoint, eval_mode, prepare_fields
 from .objectives import make_objective
 from .plate import full_data_size
 
