@@ -4,7 +4,9 @@ Every model and guide of the library wraps its per-data-point sites in
 :func:`data_plate`. It is a ``pyro.plate("data", ...)`` that knows the size of
 the whole data set while :func:`fit` trains, so a minibatch of ``B`` points is
 scaled by ``N / B`` and the loss is an unbiased estimate of the full-data
-negative ELBO (Hoffman et al., 2013, stochastic variational inference). Outside
+negative ELBO (Hoffman et al., 2013, stochastic variational inference); global
+sites outside the plate count once. :func:`fit` then divides the objective by
+``N`` to train on nats per data point. Outside
 :func:`fit` (evaluation, plotting, a user's own ``SVI`` loop) the size defaults
 to the batch size and nothing is scaled.
 """
