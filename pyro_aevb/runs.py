@@ -195,11 +195,12 @@ def write_figures(run: Run, run_dir: Path, history) -> None:
     dev = next(run.model.parameters()).device
     plots.save(plots.learning_curve(history), run_dir / "learning_curve.png")
     transform = get_transform(run.config["transform"])
-    n = min(100, len(run.test))
-    x = transform_test_set(run.test.x[:n], transform, run.test.levels).to(dev)
+    # Evenly spaced test points: bundled data sets are ordered by class.
+    index = torch.linspace(0, len(run.test) - 1, min(100, len(run.test))).long()
+    x = transform_test_set(run.test.x[index], transform, run.test.levels).to(dev)
     batch = {"x": x}
     if run.test.y is not None:
-        batch["y"] = run.test.y[:n].to(dev)
+        batch["y"] = run.test.y[index].to(dev)
     shape = run.test.image_shape
     if len(shape) == 2:
         samples = plots.prior_predictive_mean(run.model, batch, seed=run.config.get("seed", 0))
@@ -208,6 +209,8 @@ def write_figures(run: Run, run_dir: Path, history) -> None:
             run_dir / "samples.png",
         )
         recon = plots.reconstruction_mean(run.model, run.guide, batch)
+        every = max(1, x.shape[0] // 30)  # 30 digits spread over the classes
         plots.save(
-            plots.reconstructions_figure(x[:30], recon[:30], shape), run_dir / "reconstructions.png"
+            plots.reconstructions_figure(x[::every][:30], recon[::every][:30], shape),
+            run_dir / "reconstructions.png",
         )
