@@ -121,7 +121,7 @@ def test_idx_reader_round_trip(tmp_path, gz):
     assert images.shape == (6, 28, 28) and images.dtype == np.uint8
     train, test = load_idx_directory(tmp_path, "toy")
     assert (len(train), len(test)) == (6, 4)
-    assert torch.allclose(train.x * 255, torch.as_tensor(images, dtype=torch.float32))
+    assert torch.allclose(train.x * 255, torch.from_numpy(images.astype(np.float32)))
 
 
 def test_idx_reader_rejects_other_files(tmp_path):
