@@ -29,7 +29,7 @@ from .contract import PairSummary, call_arguments, check_data_support, check_pai
 from .data.dataset import Dataset, validate_array
 from .data.transforms import Identity, Transform, get_transform, transform_test_set
 from .device import resolve_device
-from .evaluation import elbo_per_datapoint, eval_mode, prepare_fields
+from .evaluation import elbo_per_datapoint, prepare_fields
 from .objectives import make_objective
 from .plate import full_data_size
 
@@ -242,9 +242,7 @@ def fit(
 
         start_epoch, train_seconds, best, stopped = 0, 0.0, None, False
         if state is not None:
-            for role, module in (("model", model), ("guide", guide)):
-                if isinstance(module, torch.nn.Module):
-                    module.load_state_dict(state["modules"][role])
+            _load_module_states(model, guide, state["modules"])
             _copy_params(store, state["params"])
             optim.set_state(state["optimizer"])
             ckpt.set_rng_state(state["rng"])
@@ -260,11 +258,7 @@ def fit(
                 {
                     "epoch": epoch,
                     "config": run_config,
-                    "modules": {
-                        role: m.state_dict()
-                        for role, m in (("model", model), ("guide", guide))
-                        if isinstance(m, torch.nn.Module)
-                    },
+                    "modules": _module_states(model, guide),
                     "params": _params_snapshot(store),
                     "optimizer": optim.get_state(),
                     "rng": ckpt.rng_state(),
@@ -310,8 +304,7 @@ def fit(
                 train_seconds += seconds
                 row = {"epoch": epoch, "train_loss": total / steps_per_epoch}
                 if test_fields is not None:
-                    with eval_mode(model, guide):
-                        test_elbo = elbo_per_datapoint(model, guide, test_fields, seed=seed)
+                    test_elbo = elbo_per_datapoint(model, guide, test_fields, seed=seed)
                     row["test_elbo"] = float(test_elbo.mean())
                 row["train_seconds"] = seconds
                 history.append(row)
@@ -331,9 +324,7 @@ def fit(
 
         best_epoch = None
         if best is not None:
-            for role, module in (("model", model), ("guide", guide)):
-                if role in best["modules"]:
-                    module.load_state_dict(best["modules"][role])
+            _load_module_states(model, guide, best["modules"])
             _copy_params(store, best["params"])
             best_epoch = best["epoch"]
     return FitResult(
@@ -348,11 +339,19 @@ def fit(
 
 
 def _module_states(model, guide) -> dict:
+    """Copies of the ``nn.Module`` states (parameters and buffers) of the pair, by role."""
     return {
         role: {k: v.detach().clone() for k, v in m.state_dict().items()}
         for role, m in (("model", model), ("guide", guide))
         if isinstance(m, torch.nn.Module)
     }
+
+
+def _load_module_states(model, guide, states: dict) -> None:
+    """Load what :func:`_module_states` returned, in place."""
+    for role, module in (("model", model), ("guide", guide)):
+        if role in states:
+            module.load_state_dict(states[role])
 
 
 def _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int) -> float:
