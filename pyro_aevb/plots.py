@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from .contract import call_arguments
 from .evaluation import eval_mode, isolated
@@ -23,7 +24,7 @@ def _observed_mean(trace, site: str | None) -> torch.Tensor:
     observed = [
         n
         for n, s in trace.nodes.items()
-        if s["type"] == "sample" and s["is_observed"] and not n.startswith("_") and n != "data"
+        if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)
     ]
     name = site or observed[-1]
     return trace.nodes[name]["fn"].mean
