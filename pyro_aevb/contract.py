@@ -101,6 +101,10 @@ class PairSummary:
     max_plate_nesting: int
     #: observed site name -> (data field it observes, elementwise support of its distribution)
     observed_fields: dict[str, tuple[str, constraints.Constraint]] = field(default_factory=dict)
+    #: names of the Pyro parameters the model uses (those it shares with the guide included)
+    model_params: list[str] = field(default_factory=list)
+    #: names of the Pyro parameters only the guide uses
+    guide_params: list[str] = field(default_factory=list)
 
 
 def _frames(site):
@@ -247,6 +251,7 @@ def check_pair(
         if s["type"] == "sample"
         for f in _frames(s)
     ]
+    model_params = _param_names(model_trace)
     return PairSummary(
         latent_sites=list(model_latents),
         observed_sites=list(observed),
@@ -255,7 +260,13 @@ def check_pair(
         data_dim=data_dims.pop(),
         max_plate_nesting=-min(all_dims) if all_dims else 0,
         observed_fields=observed_fields,
+        model_params=model_params,
+        guide_params=[n for n in _param_names(guide_trace) if n not in model_params],
     )
+
+
+def _param_names(trace) -> list[str]:
+    return [n for n, s in trace.nodes.items() if s["type"] == "param"]
 
 
 def support_hint(support: constraints.Constraint) -> str:

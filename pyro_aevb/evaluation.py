@@ -237,12 +237,59 @@ def elbo_per_datapoint(
     return est.elbo
 
 
+def exact_log_evidence(model: Callable, fields: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    r"""``model.log_evidence(**fields)``, the closed-form :math:`\log p(x)` per data point
+    ``(N,)`` in nats, for models that have one (e.g. factor analysis); else ``None``."""
+    method = getattr(model, "log_evidence", None)
+    if not callable(method):
+        return None
+    with torch.no_grad():
+        return method(**call_arguments(method, fields, "model")).cpu()
+
+
+@torch.no_grad()
+def label_usage(
+    model: Callable,
+    guide: Callable,
+    fields: Mapping[str, torch.Tensor],
+    num_particles: int = 1000,
+    label_field: str = "y",
+    batch_size: int = 100,
+    seed: int = 0,
+) -> dict:
+    r"""How much a conditional model uses its labels: the importance-sampled
+    :math:`\log p(x \mid y)` with the true labels and with the labels shuffled
+    across data points (a seeded permutation, which keeps the class frequencies).
+
+    A model that ignores ``y`` scores the same on both; the difference (nats per
+    data point) is what the label is worth to it. Returns ``log_likelihood_true_labels``,
+    ``log_likelihood_shuffled_labels``, their standard errors and ``label_gain``.
+    """
+    if label_field not in fields:
+        raise ValueError(f"label_usage needs a '{label_field}' field in the data")
+    labels = fields[label_field]
+    perm = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(seed))
+    shuffled = dict(fields, **{label_field: labels[perm.to(labels.device)]})
+    out = {}
+    for name, data in (("true_labels", fields), ("shuffled_labels", shuffled)):
+        ll = importance_log_likelihood(
+            model, guide, data, num_particles, batch_size, pareto=False, seed=seed + 1
+        ).log_likelihood
+        out[f"log_likelihood_{name}"] = float(ll.mean())
+        out[f"log_likelihood_{name}_se"] = float(ll.std() / math.sqrt(ll.numel()))
+    out["label_gain"] = out["log_likelihood_true_labels"] - out["log_likelihood_shuffled_labels"]
+    out["label_usage_particles"] = int(num_particles)
+    return out
+
+
 @dataclass
 class Evaluation:
     """Test metrics of a pair; :meth:`metrics` gives the summary written to ``metrics.json``."""
 
     elbo: torch.Tensor
     importance: ImportanceEstimate
+    #: closed-form log-evidence per data point, for models that have one
+    log_evidence: torch.Tensor | None = None
 
     def metrics(self) -> dict:
         """Means over data points (nats per data point) with their standard errors."""
@@ -262,6 +309,9 @@ class Evaluation:
             k = self.importance.pareto_k
             out["pareto_k_mean"] = float(k.mean())
             out["pareto_k_fraction_above_0.7"] = float((k > 0.7).double().mean())
+        if self.log_evidence is not None:
+            out["test_log_evidence"] = float(self.log_evidence.mean())
+            out["test_log_evidence_se"] = se(self.log_evidence)
         return out
 
 
@@ -295,7 +345,8 @@ def evaluate(
     seed: int = 0,
     pareto: bool = True,
 ) -> Evaluation:
-    """Test ELBO and importance-sampled log-likelihood of a pair on ``data``.
+    """Test ELBO and importance-sampled log-likelihood of a pair on ``data``, and the
+    exact log-evidence for models with a ``log_evidence`` method.
 
     :param data: a :class:`Dataset` in the shape the pair reads (e.g. ``test.flat()``)
         or a mapping of fields.
@@ -313,4 +364,6 @@ def evaluate(
     importance = importance_log_likelihood(
         model, guide, fields, num_particles, batch_size, pareto=pareto, seed=seed + 1
     )
-    return Evaluation(elbo=elbo, importance=importance)
+    return Evaluation(
+        elbo=elbo, importance=importance, log_evidence=exact_log_evidence(model, fields)
+    )

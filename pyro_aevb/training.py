@@ -29,9 +29,10 @@ from .contract import PairSummary, call_arguments, check_data_support, check_pai
 from .data.dataset import Dataset, validate_array
 from .data.transforms import Identity, Transform, get_transform, transform_test_set
 from .device import resolve_device
-from .evaluation import elbo_per_datapoint, prepare_fields
+from .evaluation import elbo_per_datapoint, exact_log_evidence, prepare_fields
 from .objectives import make_objective
 from .plate import full_data_size
+from .schedules import PHASES, AlternatingSchedule, JointSchedule
 
 HISTORY_NAME = "history.csv"
 
@@ -44,7 +45,9 @@ class NonFiniteLossError(FloatingPointError):
 class FitResult:
     """What :func:`fit` returns; the trained parameters live in the model and guide."""
 
-    #: one dict per epoch: epoch, train_loss and test_elbo (nats per data point), seconds
+    #: one dict per epoch (or per ``eval_every`` steps): epoch, step, train_loss,
+    #: test_elbo and, for models with exact evidence, test_log_evidence (nats per
+    #: data point), the schedule's phase, and seconds
     history: list[dict]
     #: wall-clock seconds spent in training steps (evaluation excluded), all sessions
     train_seconds: float
@@ -113,7 +116,7 @@ def fit(
     objective: str = "elbo",
     num_particles: int = 1,
     objective_options: dict | None = None,
-    epochs: int = 10,
+    epochs: int | None = 10,
     batch_size: int = 100,
     lr: float = 1e-3,
     device: str | torch.device = "cpu",
@@ -122,6 +125,8 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     patience: int | None = None,
+    schedule: AlternatingSchedule | JointSchedule | None = None,
+    eval_every: int | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
@@ -135,7 +140,8 @@ def fit(
     :param objective: a registered objective name (:mod:`pyro_aevb.objectives`).
     :param num_particles: samples per data point and step.
     :param objective_options: extra options of the objective (e.g. ``alpha``).
-    :param epochs: total epochs (a resumed run counts the epochs already done).
+    :param epochs: total epochs (a resumed run counts the epochs already done);
+        ``None`` with a schedule of finitely many rounds: until the schedule ends.
     :param batch_size: data points per step. The loss of a step is an unbiased estimate
         of the per-data-point negative ELBO: the data plate scales the batch by
         ``N / batch_size`` and the objective is divided by ``N``.
@@ -149,6 +155,13 @@ def fit(
     :param overwrite: allow starting afresh over an existing checkpoint.
     :param patience: stop after this many epochs without a better test ELBO and
         restore the best parameters (needs ``test``).
+    :param schedule: which parameters each step updates, e.g.
+        :class:`~pyro_aevb.schedules.AlternatingSchedule` for variational EM
+        (guide-only and model-only periods); default: all of them, every step.
+        Training ends when ``epochs`` run out or the schedule ends, whichever is first.
+    :param eval_every: write a history row (with the test ELBO, and the exact
+        evidence if the model has a ``log_evidence`` method) every this many steps
+        and where the schedule ends, instead of once per epoch.
     :param progress: show a tqdm progress bar with the running loss.
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient, naming the
         epoch and step; the parameters and the last checkpoint stay as they were.
@@ -157,13 +170,21 @@ def fit(
     dev = resolve_device(device)
     elbo = make_objective(objective, num_particles, **(objective_options or {}))
     transform = get_transform(transform) if transform is not None else Identity()
-    if epochs < 0 or batch_size < 1:
+    schedule = schedule if schedule is not None else JointSchedule()
+    if epochs is None and schedule.total_steps is None:
+        raise ValueError("epochs=None needs a schedule with a fixed number of rounds")
+    if (epochs is not None and epochs < 0) or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    if eval_every is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
     if patience is not None and test is None:
         raise ValueError("early stopping (patience) needs test data")
     raw_fields, levels = _training_fields(train)
     n_train = raw_fields["x"].shape[0]
     batch_size = min(batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    if epochs is None:
+        epochs = math.ceil(schedule.total_steps / steps_per_epoch)
     test_fields = prepare_fields(test, transform, dev) if test is not None else None
 
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -189,6 +210,8 @@ def fit(
         "transform": repr(transform),
         "num_train": n_train,
         "patience": patience,
+        "schedule": schedule.describe(),
+        "eval_every": eval_every,
     }
     if state is not None:
         changed = {
@@ -224,6 +247,7 @@ def fit(
         with full_data_size(n_train):
             summary = check_pair(model, guide, first, allow_model_enumeration=objective == "enum")
         check_data_support(summary, preview)
+        frozen = _frozen_parameters(schedule, summary)
         if test_fields is not None:
             check_data_support(summary, test_fields)
         # The data plate scales a batch to the full data set (so global and local terms
@@ -241,6 +265,8 @@ def fit(
         optim = pyro.optim.Adam({"lr": lr})
 
         start_epoch, train_seconds, best, stopped = 0, 0.0, None, False
+        # steps, loss and seconds since the last history row (carried across epochs)
+        pending = {"steps": 0, "loss": 0.0, "seconds": 0.0}
         if state is not None:
             _load_module_states(model, guide, state["modules"])
             _copy_params(store, state["params"])
@@ -250,6 +276,7 @@ def fit(
             history = list(state["history"])
             start_epoch, train_seconds = state["epoch"], state["train_seconds"]
             best, stopped = state["best"], state["stopped"]
+            pending = dict(state["pending"])
 
         def save_checkpoint(epoch):
             if checkpoint_path is None:
@@ -267,57 +294,98 @@ def fit(
                     "train_seconds": train_seconds,
                     "best": best,
                     "stopped": stopped,
+                    "pending": pending,
                 },
                 checkpoint_path,
             )
             _write_history(history, run_dir / HISTORY_NAME)
 
-        steps_per_epoch = math.ceil(n_train / batch_size)
+        def record(epoch, step_count, phase):
+            """Append a history row for the steps since the last one (nats per point)."""
+            nonlocal best, stopped
+            row = {
+                "epoch": epoch,
+                "step": step_count,
+                "train_loss": pending["loss"] / max(1, pending["steps"]),
+            }
+            if not isinstance(schedule, JointSchedule):
+                row["phase"] = phase
+            if test_fields is not None:
+                test_elbo = elbo_per_datapoint(model, guide, test_fields, seed=seed)
+                row["test_elbo"] = float(test_elbo.mean())
+                evidence = exact_log_evidence(model, test_fields)
+                if evidence is not None:
+                    row["test_log_evidence"] = float(evidence.mean())
+            row["train_seconds"] = pending["seconds"]
+            pending.update(steps=0, loss=0.0, seconds=0.0)
+            history.append(row)
+            if patience is not None:
+                if best is None or row["test_elbo"] > best["test_elbo"]:
+                    best = {
+                        "epoch": epoch,
+                        "test_elbo": row["test_elbo"],
+                        "params": _params_snapshot(store),
+                        "modules": _module_states(model, guide),
+                    }
+                elif epoch - best["epoch"] >= patience:
+                    stopped = True
+
+        total_steps = epochs * steps_per_epoch
+        if schedule.total_steps is not None:
+            total_steps = min(total_steps, schedule.total_steps)
+        done = min(start_epoch * steps_per_epoch, total_steps)
         bar = tqdm(
-            total=max(0, epochs - start_epoch) * steps_per_epoch,
+            total=max(0, total_steps - done),
             disable=not progress or stopped,
             desc="fit",
             dynamic_ncols=True,
         )
-        epoch = start_epoch
+        epoch, last_phase = start_epoch, None
         try:
             while epoch < epochs and not stopped:
+                step_count = epoch * steps_per_epoch
+                if schedule.phase(step_count) is None:
+                    break
                 epoch += 1
-                t0 = time.perf_counter()
                 x = deterministic_x
                 if x is None:
                     x = transform(fields["x"], generator, levels)
                 perm = torch.randperm(n_train, generator=generator, device=dev)
-                total = 0.0
-                for model_ in (model, guide):
-                    if isinstance(model_, torch.nn.Module):
-                        model_.train()
+                for module in (model, guide):
+                    if isinstance(module, torch.nn.Module):
+                        module.train()
+                epoch_loss, epoch_steps = 0.0, 0
                 for step in range(steps_per_epoch):
+                    phase = schedule.phase(step_count)
+                    if phase is None:
+                        break
+                    t0 = time.perf_counter()
                     idx = perm[step * batch_size : (step + 1) * batch_size]
                     batch = {k: (x if k == "x" else v)[idx] for k, v in fields.items()}
                     with full_data_size(n_train):
-                        loss = _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch, step)
-                    total += loss
+                        loss = _svi_step(
+                            elbo, optim, model_fn, guide_fn, batch, epoch, step, frozen[phase]
+                        )
+                    seconds = time.perf_counter() - t0
+                    train_seconds += seconds
+                    step_count += 1
+                    epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
+                    pending["loss"] += loss
+                    pending["steps"] += 1
+                    pending["seconds"] += seconds
+                    last_phase = phase
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{total / (step + 1):.2f}")
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                row = {"epoch": epoch, "train_loss": total / steps_per_epoch}
-                if test_fields is not None:
-                    test_elbo = elbo_per_datapoint(model, guide, test_fields, seed=seed)
-                    row["test_elbo"] = float(test_elbo.mean())
-                row["train_seconds"] = seconds
-                history.append(row)
-                if patience is not None:
-                    if best is None or row["test_elbo"] > best["test_elbo"]:
-                        best = {
-                            "epoch": epoch,
-                            "test_elbo": row["test_elbo"],
-                            "params": _params_snapshot(store),
-                            "modules": _module_states(model, guide),
-                        }
-                    elif epoch - best["epoch"] >= patience:
-                        stopped = True
+                    bar.set_postfix(epoch=epoch, loss=f"{epoch_loss / epoch_steps:.2f}")
+                    if eval_every is not None and step_count % eval_every == 0:
+                        record(epoch, step_count, last_phase)
+                        if stopped:
+                            break
+                # With eval_every, rows fall every eval_every steps and where the schedule
+                # ends, not where the epochs run out: a run extended by a resume then
+                # writes the same rows as one that was never stopped.
+                finished = schedule.phase(step_count) is None
+                if pending["steps"] and (eval_every is None or finished) and not stopped:
+                    record(epoch, step_count, last_phase)
                 save_checkpoint(epoch)
         finally:
             bar.close()
@@ -354,8 +422,27 @@ def _load_module_states(model, guide, states: dict) -> None:
             module.load_state_dict(states[role])
 
 
-def _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int) -> float:
-    """One SVI step (as ``pyro.infer.SVI.step``) that refuses a non-finite update."""
+def _frozen_parameters(schedule, summary: PairSummary) -> dict[str, frozenset[str]]:
+    """For each phase, the names of the parameters its steps must leave unchanged."""
+    roles = {"model": set(summary.model_params), "guide": set(summary.guide_params)}
+    if isinstance(schedule, AlternatingSchedule):
+        for role, names in roles.items():
+            if not names:
+                raise ValueError(
+                    f"an alternating (EM) schedule needs {role} parameters, but the {role} "
+                    "registers none with Pyro (pyro.module / pyro.param)"
+                )
+    return {
+        phase: frozenset(n for role, names in roles.items() if role not in updated for n in names)
+        for phase, updated in PHASES.items()
+    }
+
+
+def _svi_step(
+    elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int, frozen=frozenset()
+) -> float:
+    """One SVI step (as ``pyro.infer.SVI.step``) that refuses a non-finite update and
+    leaves the parameters named in ``frozen`` unchanged."""
     advice = (
         "training stopped before this update. The parameters are those after the last "
         "good step and the last checkpoint is intact. Lower the learning rate, check the "
@@ -385,7 +472,11 @@ def _svi_step(elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int) -> 
         zero_grads(params)
         what = f"loss {loss}" if not math.isfinite(loss) else "a non-finite gradient"
         raise NonFiniteLossError(f"{what} at epoch {epoch}, step {step + 1}; {advice}")
-    optim(params)
+    if frozen:
+        names = {site["value"].unconstrained(): n for n, site in param_capture.trace.nodes.items()}
+        optim({p for p in params if names[p] not in frozen})
+    else:
+        optim(params)
     zero_grads(params)
     return float(loss)
 
