@@ -1,5 +1,18 @@
 """Amortized posteriors (Pyro guide functions), importable as ``pyro_aevb.guides``."""
 
-from .gaussian import DiagonalNormalEncoder
+from .gaussian import ConditionalDiagonalNormalEncoder, DiagonalNormalEncoder
+from .linear import (
+    COVARIANCE_GUIDES,
+    DiagonalCovarianceGuide,
+    FullCovarianceGuide,
+    LinearGaussianGuide,
+)
 
-__all__ = ["DiagonalNormalEncoder"]
+__all__ = [
+    "COVARIANCE_GUIDES",
+    "ConditionalDiagonalNormalEncoder",
+    "DiagonalCovarianceGuide",
+    "DiagonalNormalEncoder",
+    "FullCovarianceGuide",
+    "LinearGaussianGuide",
+]

@@ -1,5 +1,7 @@
 """Generative models (Pyro model functions), importable as ``pyro_aevb.models``."""
 
+from .cvae import FACTORIZATIONS, ConditionalVAE
+from .factor_analysis import FactorAnalysis
 from .vae import VAE
 
-__all__ = ["VAE"]
+__all__ = ["FACTORIZATIONS", "ConditionalVAE", "FactorAnalysis", "VAE"]

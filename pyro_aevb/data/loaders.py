@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .dataset import Dataset, seeded_split
+from .synthetic import synthetic_factor_analysis
 
 #: seed of the fixed train/test splits of the bundled data sets
 SPLIT_SEED = 0
@@ -160,6 +161,8 @@ DATASETS = {
     "digits": lambda data_dir=None: load_digits(),
     "fashion-mnist": lambda data_dir=None: load_fashion_mnist(data_dir, download=True),
     "mnist": lambda data_dir=None: load_mnist(data_dir, download=True),
+    # the tutorial paper's factor-analysis data: L = 2, D = 3, 1000 + 1000 points
+    "fa-synthetic": lambda data_dir=None: synthetic_factor_analysis()[:2],
 }
 
 
