@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_aevb.nn import MLP, DiagonalNormalHead, check_flat_input
+from pyro_aevb.nn import MLP, DiagonalNormalHead, check_flat_input, one_hot_labels
 from pyro_aevb.plate import data_plate
 
 
@@ -47,8 +47,47 @@ class DiagonalNormalEncoder(nn.Module):
         return self.head(self.trunk(x))
 
     def forward(self, x: torch.Tensor) -> None:
-        check_flat_input(x, self.x_dim, "DiagonalNormalEncoder")
+        check_flat_input(x, self.x_dim, type(self).__name__)
+        self._sample(x, x)
+
+    def _sample(self, x: torch.Tensor, encoder_input: torch.Tensor) -> None:
         pyro.module("encoder", self)
         with data_plate(x):
-            loc, scale = self.posterior(x)
+            loc, scale = self.head(self.trunk(encoder_input))
             pyro.sample(self.site, dist.Normal(loc, scale).to_event(1))
+
+
+class ConditionalDiagonalNormalEncoder(DiagonalNormalEncoder):
+    r"""Guide :math:`q_\phi(z \mid x, y) = \mathcal{N}(\mu_\phi(x, y),
+    \operatorname{diag} \sigma^2_\phi(x, y))`: the encoder reads the data and the
+    one-hot label side by side (Sohn et al., 2015), for conditional models such as
+    :class:`pyro_aevb.models.ConditionalVAE`.
+
+    :param num_classes: number of classes of the integer labels ``y``.
+
+    The other parameters are those of :class:`DiagonalNormalEncoder`.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        num_classes: int = 10,
+        z_dim: int = 20,
+        hidden: Sequence[int] = (500, 500),
+        dropout: float = 0.0,
+        site: str = "z",
+    ):
+        super().__init__(x_dim + num_classes, z_dim, hidden, dropout, site)
+        self.x_dim, self.num_classes = x_dim, num_classes
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` of ``q(z | x, y)``, each ``(B, z_dim)``."""
+        return self.head(self.trunk(self._encoder_input(x, y)))
+
+    def _encoder_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_flat_input(x, self.x_dim, type(self).__name__)
+        onehot = one_hot_labels(y, self.num_classes, x.shape[0], type(self).__name__)
+        return torch.cat([x, onehot.to(x)], -1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._sample(x, self._encoder_input(x, y))

@@ -73,6 +73,29 @@ def check_flat_input(x: torch.Tensor, x_dim: int, owner: str) -> None:
         )
 
 
+def one_hot_labels(y: torch.Tensor, num_classes: int, batch_size: int, owner: str) -> torch.Tensor:
+    """Class indices ``y`` ``(B,)`` as one-hot floats ``(B, num_classes)``.
+
+    :raises ValueError: unless ``y`` holds ``batch_size`` integer labels in
+        ``[0, num_classes)``.
+    """
+    if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        what = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{owner} expects integer class labels y, got {what}")
+    if y.shape != (batch_size,):
+        raise ValueError(
+            f"{owner} expects one label per data point, shape ({batch_size},), "
+            f"got {tuple(y.shape)}"
+        )
+    if batch_size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"{owner} was built for {num_classes} classes, but the labels range over "
+            f"[{int(y.min())}, {int(y.max())}]; build it with num_classes={int(y.max()) + 1} "
+            "or map the labels to 0..num_classes-1"
+        )
+    return F.one_hot(y, num_classes).to(torch.get_default_dtype())
+
+
 def bernoulli_likelihood(logits: torch.Tensor) -> dist.Distribution:
     """Independent Bernoulli pixels, for binarized data in {0, 1}."""
     return dist.Bernoulli(logits=logits).to_event(1)
