@@ -14,7 +14,9 @@ from .evaluation import (
     ImportanceEstimate,
     elbo_per_datapoint,
     evaluate,
+    exact_log_evidence,
     importance_log_likelihood,
+    label_usage,
     log_importance_weights,
 )
 from .objectives import available_objectives, make_objective, register_objective
@@ -32,9 +34,11 @@ __all__ = [
     "data_plate",
     "elbo_per_datapoint",
     "evaluate",
+    "exact_log_evidence",
     "fit",
     "full_data_size",
     "importance_log_likelihood",
+    "label_usage",
     "log_importance_weights",
     "make_objective",
     "register_objective",

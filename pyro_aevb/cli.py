@@ -60,6 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--latent-dim", dest="z_dim", type=int)
     f.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 500,500")
     f.add_argument("--dropout", type=float)
+    f.add_argument(
+        "--covariance", choices=["full", "diagonal"], help="fa: the guide's covariance (full)"
+    )
+    f.add_argument(
+        "--bias", action="store_const", const=True, help="fa: learn a mean (default: b = 0)"
+    )
+    f.add_argument(
+        "--factorization",
+        choices=["full", "prior", "decoder"],
+        help="cvae: p(z|y)p(x|y,z) (full, default), p(z|y)p(x|z) (prior), p(z)p(x|y,z) (decoder)",
+    )
+    f.add_argument(
+        "--em",
+        nargs=2,
+        type=int,
+        metavar=("GUIDE_STEPS", "MODEL_STEPS"),
+        help="alternate guide-only (E) and model-only (M) periods of these many steps",
+    )
+    f.add_argument(
+        "--em-rounds",
+        type=int,
+        help="with --em: stop after this many E/M rounds (default: alternate until --epochs)",
+    )
+    f.add_argument(
+        "--eval-every", type=int, help="write a history row every N steps (default: per epoch)"
+    )
     f.add_argument("--patience", type=int, help="early stopping on the test ELBO")
     f.add_argument(
         "--eval-particles",
@@ -89,10 +115,21 @@ def _fit(args) -> dict:
     overrides = {
         k: v
         for k, v in vars(args).items()
-        if k not in {"command", "model", "out", "resume", "overwrite", "no_progress", "alpha"}
+        if k
+        not in {"command", "model", "out", "resume", "overwrite", "no_progress", "alpha", "em"}
+        and k != "em_rounds"
     }
     if args.alpha is not None:
         overrides["objective_options"] = {"alpha": args.alpha}
+    if args.em_rounds is not None and args.em is None:
+        raise ValueError("--em-rounds needs --em GUIDE_STEPS MODEL_STEPS")
+    if args.em is not None:
+        guide_steps, model_steps = args.em
+        overrides["schedule"] = {
+            "guide_steps": guide_steps,
+            "model_steps": model_steps,
+            "rounds": args.em_rounds,
+        }
     config = resolve_config(args.model, overrides)
     out = args.out or f"runs/{args.model}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not (Path(out) / "checkpoint.pt").exists():
@@ -121,6 +158,19 @@ def _summary(metrics: dict) -> str:
         f"(K = {metrics['log_likelihood_particles']} importance samples)",
         f"ESS mean             {metrics['ess_mean']:9.1f}",
     ]
+    if "test_log_evidence" in metrics:
+        lines.append(
+            f"test log-evidence    {metrics['test_log_evidence']:9.3f} +- "
+            f"{metrics['test_log_evidence_se']:.3f} nats (exact)"
+        )
+    if "true_model_log_evidence" in metrics:
+        lines.append(f"true model           {metrics['true_model_log_evidence']:9.3f} nats")
+    if "label_gain" in metrics:
+        lines.append(
+            f"log p(x | y)         {metrics['log_likelihood_true_labels']:9.2f} true labels, "
+            f"{metrics['log_likelihood_shuffled_labels']:.2f} shuffled "
+            f"(gain {metrics['label_gain']:.2f} nats)"
+        )
     if "pareto_k_mean" in metrics:
         lines.append(
             f"Pareto k-hat mean    {metrics['pareto_k_mean']:9.2f} "

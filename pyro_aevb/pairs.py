@@ -1,18 +1,22 @@
 """Named model/guide pairs with their training defaults, for the command line.
 
 A small registry: each entry builds ``(model, guide)`` for a data set and knows
-the view of the data it reads and its default training settings. Later models
-(factor analysis, CVAE, GMVAE, VRNN) register themselves the same way.
+the view of the data it reads, its default training settings, and optionally the
+metrics and figures that only it has (exact evidence curves, class grids).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 from torch import nn
 
+from . import plots
 from .data.dataset import Dataset
+from .evaluation import label_usage, prepare_fields
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class PairSpec:
     :ivar view: ``"flat"`` (``(N, D)`` vectors) or ``"rows"`` (``(N, T, D)`` sequences).
     :ivar options: architecture options and their defaults.
     :ivar training: defaults of :func:`pyro_aevb.fit` settings for this pair.
+    :ivar metrics: ``metrics(run, particles) -> dict`` of extra test metrics.
+    :ivar figures: ``figures(run, run_dir, history)`` writes extra figures.
     """
 
     name: str
@@ -31,6 +37,8 @@ class PairSpec:
     view: str
     options: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    metrics: Callable[..., dict] | None = None
+    figures: Callable[..., None] | None = None
 
     def prepare(self, data: Dataset) -> Dataset:
         """``data`` in the view this pair reads."""
@@ -86,5 +94,129 @@ VAE_PAIR = register_pair(
             "lr": 1e-3,
             "log_likelihood_particles": 1000,
         },
+    )
+)
+
+
+def _build_fa(train: Dataset, z_dim, covariance, bias):
+    from .guides import COVARIANCE_GUIDES
+    from .models import FactorAnalysis
+
+    if covariance not in COVARIANCE_GUIDES:
+        raise ValueError(
+            f"unknown guide covariance '{covariance}'; choose one of {sorted(COVARIANCE_GUIDES)}"
+        )
+    x_dim = train.num_features
+    guide = COVARIANCE_GUIDES[covariance](x_dim, z_dim, bias)
+    return FactorAnalysis(x_dim, z_dim, bias=bias), guide
+
+
+def _true_fa_evidence(run) -> float | None:
+    """Mean test log-evidence of the model that generated the bundled FA data."""
+    if run.config["dataset"] != "fa-synthetic":
+        return None
+    from .data import synthetic_factor_analysis
+
+    _, test, truth = synthetic_factor_analysis()
+    if not torch.equal(test.x[: len(run.test)], run.test.x):
+        return None
+    return float(truth.log_evidence(run.test.x).mean())
+
+
+def _fa_metrics(run, particles: int) -> dict:
+    true = _true_fa_evidence(run)
+    return {} if true is None else {"true_model_log_evidence": true}
+
+
+def _fa_figures(run, run_dir: Path, history) -> None:
+    plots.save(plots.evidence_curve(history, _true_fa_evidence(run)), run_dir / "evidence.png")
+    generator = torch.Generator(device=run.model.W.device).manual_seed(run.config.get("seed", 0))
+    generated = run.model.sample(len(run.test), generator=generator)
+    plots.save(plots.predictive_check(run.test.x, generated), run_dir / "predictive_check.png")
+
+
+#: Factor analysis on the tutorial paper's synthetic data (section 5.2): L = 2, D = 3,
+#: batch 32, Adam 1e-2, analytic KL; 125 epochs are 4000 steps, a few seconds.
+FA_PAIR = register_pair(
+    PairSpec(
+        name="fa",
+        build=_build_fa,
+        view="flat",
+        options={"z_dim": 2, "covariance": "full", "bias": False},
+        training={
+            "dataset": "fa-synthetic",
+            "transform": "none",
+            "objective": "meanfield",
+            "num_particles": 1,
+            "epochs": 125,
+            "batch_size": 32,
+            "lr": 1e-2,
+            "log_likelihood_particles": 5000,
+        },
+        metrics=_fa_metrics,
+        figures=_fa_figures,
+    )
+)
+
+
+def _build_cvae(train: Dataset, z_dim, hidden, likelihood, dropout, factorization):
+    from .guides import ConditionalDiagonalNormalEncoder
+    from .models import ConditionalVAE
+
+    if train.y is None:
+        raise ValueError(f"the conditional VAE needs labels, and data set '{train.name}' has none")
+    x_dim, num_classes = train.num_features, int(train.y.max()) + 1
+    model = ConditionalVAE(
+        x_dim, num_classes, z_dim, hidden, likelihood, dropout, factorization=factorization
+    )
+    guide = ConditionalDiagonalNormalEncoder(x_dim, num_classes, z_dim, hidden, dropout)
+    return model, guide
+
+
+def _cvae_metrics(run, particles: int) -> dict:
+    fields = prepare_fields(run.test, run.config["transform"], next(run.model.parameters()).device)
+    return label_usage(run.model, run.guide, fields, particles, seed=run.config.get("seed", 0))
+
+
+def _cvae_figures(run, run_dir: Path, history) -> None:
+    torch.manual_seed(run.config.get("seed", 0))
+    per_class = 10
+    labels = torch.arange(run.model.num_classes).repeat_interleave(per_class)
+    images = run.model.eval().generate(labels, mean=True)
+    shape = run.test.image_shape
+    if len(shape) == 2:
+        title = "one row per class: mean of p(x | y, z), z ~ p(z | y)"
+        plots.save(
+            plots.image_grid(images, shape, ncols=per_class, title=title),
+            run_dir / "class_conditional.png",
+        )
+
+
+#: The conditional VAE of the tutorial paper (section 5.4): the VAE's architecture with
+#: the label fed to a conditional prior and to the decoder, on dequantized MNIST.
+CVAE_PAIR = register_pair(
+    PairSpec(
+        name="cvae",
+        build=_build_cvae,
+        view="flat",
+        options={
+            "z_dim": 20,
+            "hidden": (500, 500),
+            "likelihood": None,
+            "dropout": 0.0,
+            "factorization": "full",
+        },
+        training={
+            "dataset": "mnist-subset",
+            "transform": "dequantize",
+            "objective": "elbo",
+            "num_particles": 1,
+            "epochs": 100,
+            "batch_size": 100,
+            "lr": 1e-3,
+            "log_likelihood_particles": 1000,
+        },
+        metrics=_cvae_metrics,
+        figures=_cvae_figures,
     )
 )

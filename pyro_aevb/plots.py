@@ -97,19 +97,77 @@ def image_grid(
     return ax.figure
 
 
+def _history_axis(history: Sequence[Mapping]) -> tuple[list, str]:
+    """Epochs when the history has one row per epoch, else steps (``eval_every``)."""
+    epochs = [row["epoch"] for row in history]
+    if len(set(epochs)) == len(epochs) or "step" not in history[0]:
+        return epochs, "epoch"
+    return [row["step"] for row in history], "step"
+
+
 def learning_curve(history: Sequence[Mapping], ax=None):
-    """Training loss and test ELBO per epoch, in nats per data point."""
+    """Training loss and test ELBO per epoch (or per row), in nats per data point."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [-row["train_loss"] for row in history], label="train ELBO (running)")
-    if history and "test_elbo" in history[0]:
-        ax.plot(epochs, [row["test_elbo"] for row in history], label="test ELBO")
-    ax.set_xlabel("epoch")
+    if not history:
+        return ax.figure
+    xs, xlabel = _history_axis(history)
+    ax.plot(xs, [-row["train_loss"] for row in history], label="train ELBO (running)")
+    if "test_elbo" in history[0]:
+        ax.plot(xs, [row["test_elbo"] for row in history], label="test ELBO")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("nats per data point")
     ax.legend()
     ax.grid(alpha=0.3)
     return ax.figure
+
+
+def evidence_curve(
+    history: Sequence[Mapping], true_log_evidence: float | None = None, ax=None
+):
+    """Test ELBO and exact test log-evidence across training, nats per data point.
+
+    Rows from guide-only phases of an alternating (EM) schedule are shaded grey,
+    as in Yang's tutorial (figure of section 5.2, experiment 2).
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    xs, xlabel = _history_axis(history)
+    if history and "phase" in history[0]:
+        previous = 0
+        for x, row in zip(xs, history, strict=True):
+            if row["phase"] == "guide":
+                ax.axvspan(previous, x, color="0.88", lw=0)
+            previous = x
+    ax.plot(xs, [row["test_elbo"] for row in history], color="tab:red", label="test ELBO")
+    if history and "test_log_evidence" in history[0]:
+        evidence = [row["test_log_evidence"] for row in history]
+        ax.plot(xs, evidence, color="tab:green", label="test log-evidence (exact)")
+    if true_log_evidence is not None:
+        ax.axhline(true_log_evidence, color="k", ls=":", label="true model's log-evidence")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("nats per data point")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return ax.figure
+
+
+def predictive_check(data: torch.Tensor, generated: torch.Tensor, axes=None):
+    """Data and generated points on every pair of the first three coordinates."""
+    data, generated = data.detach().cpu(), generated.detach().cpu()
+    dims = min(3, data.shape[1])
+    pairs = [(i, j) for i in range(dims) for j in range(i + 1, dims)]
+    if axes is None:
+        fig, axes = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.4))
+    axes = [axes] if not isinstance(axes, (list, tuple)) and not hasattr(axes, "__len__") else axes
+    for ax, (i, j) in zip(axes, pairs, strict=True):
+        ax.scatter(data[:, i], data[:, j], s=3, alpha=0.5, label="test data")
+        ax.scatter(generated[:, i], generated[:, j], s=3, alpha=0.5, label="generated")
+        ax.set_xlabel(f"$x_{i + 1}$")
+        ax.set_ylabel(f"$x_{j + 1}$")
+    axes[0].legend(markerscale=3)
+    axes[0].figure.tight_layout()
+    return axes[0].figure
 
 
 def reconstructions_figure(

@@ -2,7 +2,9 @@
 
 A run directory holds ``config.json`` (everything needed to rebuild the run),
 ``checkpoint.pt``, ``history.csv``, ``metrics.json`` and the figures
-``learning_curve.png``, ``samples.png`` and ``reconstructions.png``.
+``learning_curve.png``, ``samples.png`` and ``reconstructions.png`` (image data),
+plus the pair's own (``evidence.png`` and ``predictive_check.png`` for factor
+analysis, ``class_conditional.png`` for the conditional VAE).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .data.dataset import Dataset
 from .device import resolve_device
 from .evaluation import evaluate
 from .objectives import make_objective
-from .pairs import PairSpec, get_pair
+from .pairs import PairSpec, available_pairs, get_pair
+from .schedules import AlternatingSchedule
 from .training import FitResult, fit, save_json
 
 
@@ -58,13 +61,22 @@ def resolve_config(model: str, overrides: dict) -> dict:
     """The pair's defaults updated by the non-``None`` ``overrides``; validates names."""
     spec = get_pair(model)
     config = {"model": model, **spec.training, "architecture": dict(spec.options)}
+    architecture_keys = {k for name in available_pairs() for k in get_pair(name).options}
     for key, value in overrides.items():
         if value is None:
             continue
         if key in spec.options:
             config["architecture"][key] = value
+        elif key in architecture_keys:
+            raise ValueError(
+                f"model '{model}' has no option '{key}'; its options are {sorted(spec.options)}"
+            )
         else:
             config[key] = value
+    if config.get("schedule"):
+        schedule = AlternatingSchedule(**config["schedule"])  # validates the numbers
+        if schedule.total_steps is not None and overrides.get("epochs") is None:
+            config["epochs"] = None  # until the schedule ends
     transform = get_transform(config["transform"])
     if config["architecture"].get("likelihood", "") is None:
         config["architecture"]["likelihood"] = transform.likelihood
@@ -122,6 +134,8 @@ def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, 
         resume=resume,
         overwrite=overwrite,
         patience=config.get("patience"),
+        schedule=AlternatingSchedule(**config["schedule"]) if config.get("schedule") else None,
+        eval_every=config.get("eval_every"),
         progress=progress,
     )
     fit_seconds = time.perf_counter() - t0
@@ -148,6 +162,8 @@ def evaluate_run(
         seed=run.config.get("seed", 0),
     )
     metrics = ev.metrics()
+    if run.spec.metrics is not None:
+        metrics.update(run.spec.metrics(run, particles))
     metrics["evaluation_seconds"] = time.perf_counter() - t0
     path = Path(run_dir) / "metrics.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
@@ -190,10 +206,13 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
 
 
 def write_figures(run: Run, run_dir: Path, history) -> None:
-    """``learning_curve.png``, ``samples.png`` and ``reconstructions.png``."""
+    """``learning_curve.png``, for images ``samples.png`` and ``reconstructions.png``,
+    and the pair's own figures."""
     run_dir = Path(run_dir)
     dev = next(run.model.parameters()).device
     plots.save(plots.learning_curve(history), run_dir / "learning_curve.png")
+    if run.spec.figures is not None:
+        run.spec.figures(run, run_dir, history)
     transform = get_transform(run.config["transform"])
     # Evenly spaced test points: bundled data sets are ordered by class.
     index = torch.linspace(0, len(run.test) - 1, min(100, len(run.test))).long()

@@ -48,9 +48,9 @@ def test_fit_writes_every_output_and_evaluate_recomputes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "test log-likelihood" in printed and str(out) in printed
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,train_loss,test_elbo") and len(history) == 3
+    assert history[0].startswith("epoch,step,train_loss,test_elbo") and len(history) == 3
     # fit's last test ELBO and evaluate's use the same seed and batches: the same number.
-    assert float(history[-1].split(",")[2]) == pytest.approx(metrics["test_elbo"], abs=1e-9)
+    assert float(history[-1].split(",")[3]) == pytest.approx(metrics["test_elbo"], abs=1e-9)
 
     assert main(["evaluate", str(out), "--particles", "200"]) == 0
     again = json.loads((out / "metrics.json").read_text())
@@ -137,3 +137,54 @@ def test_console_script_is_installed():
     assert exe is not None, "pip install the package to get the pyro-aevb command"
     result = subprocess.run([exe, "fit", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--binarize" in result.stdout
+
+
+def test_fit_fa_with_an_em_schedule(tmp_path, capsys):
+    out = tmp_path / "fa"
+    args = ["fit", "fa", "--em", "50", "50", "--em-rounds", "2", "--eval-every", "25"]
+    assert main(args + ["--eval-particles", "200", "--no-progress", "--out", str(out)]) == 0
+    assert {"evidence.png", "predictive_check.png", "learning_curve.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[:4] == ["epoch", "step", "train_loss", "phase"]
+    assert len(history) == 1 + 8  # 200 steps, a row every 25
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_log_evidence", "true_model_log_evidence", "test_log_likelihood"):
+        assert key in metrics
+    # the importance-sampled estimate is a lower bound of the exact evidence (3 s.e.)
+    slack = 3 * metrics["test_log_likelihood_se"]
+    assert metrics["test_log_likelihood"] <= metrics["test_log_evidence"] + slack
+    assert "test log-evidence" in capsys.readouterr().out
+
+
+def test_fit_cvae_reports_label_usage_and_a_class_grid(tmp_path, capsys):
+    out = tmp_path / "cvae"
+    tiny = [a for a in TINY if a != "--no-progress"]
+    assert main(["fit", "cvae", *tiny, "--factorization", "prior", "--out", str(out)]) == 0
+    assert {"class_conditional.png", "samples.png", "reconstructions.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["log_likelihood_true_labels"] == pytest.approx(metrics["test_log_likelihood"])
+    assert "log_likelihood_shuffled_labels" in metrics
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"]["factorization"] == "prior"
+    assert config["architecture"]["likelihood"] == "continuous_bernoulli"  # dequantized
+    assert "shuffled" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "fa", "--factorization", "full"], "has no option 'factorization'"),
+        (["fit", "vae", "--covariance", "diagonal"], "has no option 'covariance'"),
+        (["fit", "fa", "--em-rounds", "2"], "--em-rounds needs --em"),
+        (["fit", "fa", "--em", "0", "5"], "at least 1"),
+        (["fit", "cvae", "--dataset", "fa-synthetic"], "needs labels"),
+    ],
+)
+def test_model_specific_options_are_checked(args, message, capsys, tmp_path):
+    assert main(args + ["--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
