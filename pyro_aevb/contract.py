@@ -111,7 +111,8 @@ def _frames(site):
     return [f for f in site["cond_indep_stack"] if f.vectorized]
 
 
-def _is_latent(site) -> bool:
+def is_latent_site(site) -> bool:
+    """A sample site that is neither observed, a plate subsample nor auxiliary."""
     return (
         site["type"] == "sample"
         and not site["is_observed"]
@@ -147,8 +148,8 @@ def check_pair(
     # The model runs on its own prior draws, not replayed on the guide's: a
     # misshaped guide sample would crash the model before the check could name it.
     model_trace = poutine.trace(model).get_trace(**model_kwargs)
-    model_latents = {n: s for n, s in model_trace.nodes.items() if _is_latent(s)}
-    guide_latents = {n: s for n, s in guide_trace.nodes.items() if _is_latent(s)}
+    model_latents = {n: s for n, s in model_trace.nodes.items() if is_latent_site(s)}
+    guide_latents = {n: s for n, s in guide_trace.nodes.items() if is_latent_site(s)}
     observed = {
         n: s
         for n, s in model_trace.nodes.items()

@@ -37,12 +37,12 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 from .contract import PairSummary, call_arguments, check_pair
 from .data.dataset import Dataset
 from .data.transforms import Transform, get_transform, transform_test_set
+from .particles import log_prob_per_datapoint
 
 #: the default budget of rows (particles x data points) in one forward pass
 MAX_ROWS = 20_000
@@ -81,13 +81,8 @@ def isolated(seed: int | None, device: torch.device | None = None) -> Iterator[N
 
 def _per_datapoint(site, summary: PairSummary) -> torch.Tensor:
     """Unscaled, masked log-density of a site, summed to shape ``(K or 1, B or 1)``."""
-    lp = site["fn"].log_prob(site["value"])
-    lp = scale_and_mask(lp, 1.0, site["mask"])
-    n = summary.max_plate_nesting + 1  # plates + the particle plate
-    lp = lp.reshape((1,) * (n - lp.dim()) + tuple(lp.shape))
-    keep = {0, n + summary.data_dim}
-    dims = [d for d in range(n) if d not in keep]
-    return lp.sum(dims) if dims else lp
+    # plates + the particle plate
+    return log_prob_per_datapoint(site, summary.max_plate_nesting + 1, summary.data_dim)
 
 
 def log_importance_weights(

@@ -10,11 +10,32 @@ name           objective                                                   optio
                marked for enumeration are summed out exactly
 ``renyi``      :class:`~pyro.infer.RenyiELBO` (Li & Turner, 2016);         ``num_particles``,
                ``alpha = 0`` is the IWAE bound (Burda et al., 2016)        ``alpha``
+``iwae``       :class:`~pyro_aevb.importance_weighted.IWAE`, the per-data-  ``num_particles``
+               point IWAE bound (Burda et al., 2016)                       (K)
+``dreg``       ``IWAE(estimator="dreg")``: the same bound, doubly          ``num_particles``
+               reparameterized guide gradient (Tucker et al., 2019)        (K)
+``stl``        :class:`~pyro_aevb.importance_weighted.STLELBO`, the ELBO   ``num_particles``
+               with the path-derivative guide gradient (Roeder et al.,
+               2017)
+``miwae``      :class:`~pyro_aevb.importance_weighted.MIWAE`, the mean of  ``num_particles``
+               M IWAE-K bounds (Rainforth et al., 2018)                    (K),
+                                                                           ``num_estimates``
+                                                                           (M)
+``ciwae``      :class:`~pyro_aevb.importance_weighted.CIWAE`,              ``num_particles``
+               ``beta * ELBO + (1 - beta) * IWAE_K`` (Rainforth et al.,    (K), ``beta``
+               2018)
+``piwae``      :class:`~pyro_aevb.importance_weighted.PIWAE`: the model    ``num_particles``
+               follows IWAE_MK, the guide MIWAE(M, K) (Rainforth et al.,   (K),
+               2018); the loss is -IWAE_MK                                 ``num_estimates``
+                                                                           (M)
 =============  ==========================================================  =================
 
 Particles are vectorized. Pyro's ``RenyiELBO`` forms one importance weight for
 the whole minibatch (see pyro-ppl/pyro#3104), so for models with per-data-point
 latents it is looser than a per-data-point IWAE bound; use it with that in mind.
+The importance-weighted objectives (``iwae`` to ``piwae``) weight each data point
+separately; ``num_particles`` is always K, the particles of one bound, so ``miwae``
+and ``piwae`` draw ``num_estimates * num_particles`` samples per data point and step.
 
 Register a new objective with :func:`register_objective`; ``fit``, the command
 line and evaluation pick it up by name.
@@ -27,6 +48,8 @@ from collections.abc import Callable
 
 import pyro.infer
 from pyro.infer import ELBO
+
+from . import importance_weighted as iw
 
 _OBJECTIVES: dict[str, Callable[..., ELBO]] = {}
 
@@ -96,3 +119,41 @@ def _renyi_elbo(num_particles=2, alpha=0.0):
     if num_particles < 2:
         raise ValueError("renyi needs num_particles >= 2 to differ from the ELBO")
     return pyro.infer.RenyiELBO(alpha=alpha, **_particle_options(num_particles))
+
+
+def _required(name: str, option: str, value, meaning: str):
+    if value is None:
+        raise ValueError(f"objective '{name}' needs the option {option} ({meaning})")
+    return value
+
+
+@register_objective("iwae")
+def _iwae(num_particles=2):
+    return iw.IWAE(num_particles)
+
+
+@register_objective("dreg")
+def _dreg(num_particles=2):
+    return iw.IWAE(num_particles, estimator="dreg")
+
+
+@register_objective("stl")
+def _stl(num_particles=1):
+    return iw.STLELBO(num_particles)
+
+
+@register_objective("miwae")
+def _miwae(num_particles=1, num_estimates=None):
+    m = _required("miwae", "num_estimates", num_estimates, "M, the number of IWAE bounds")
+    return iw.MIWAE(m, num_particles)
+
+
+@register_objective("ciwae")
+def _ciwae(num_particles=1, beta=None):
+    return iw.CIWAE(_required("ciwae", "beta", beta, "the ELBO's weight in [0, 1]"), num_particles)
+
+
+@register_objective("piwae")
+def _piwae(num_particles=1, num_estimates=None):
+    m = _required("piwae", "num_estimates", num_estimates, "M, the number of guide bounds")
+    return iw.PIWAE(m, num_particles)
