@@ -12,7 +12,7 @@ The quality bar: averaged over the seeds, ours is no worse than plain by more
 than ``QUALITY_TOLERANCE_NATS`` in test log-likelihood.
 
 Speed: the CPU time of one training step on the same binarized batch, for the
-step ``pyro_aevb.fit`` takes (``training._svi_step``), for a stock ``pyro.infer.SVI``
+step ``pyro_aevb.fit`` takes (``steps.svi_step``), for a stock ``pyro.infer.SVI``
 step (same objective and optimizer, to tell the library's own overhead from
 Pyro's) and for the plain step. Steps are timed in rounds that rotate the order
 of the implementations; the median over rounds is reported.
@@ -48,7 +48,8 @@ from pyro_aevb.data import get_transform, load_mnist_subset, transform_test_set
 from pyro_aevb.evaluation import prepare_fields
 from pyro_aevb.objectives import make_objective
 from pyro_aevb.pairs import VAE_PAIR
-from pyro_aevb.training import _bind, _svi_step
+from pyro_aevb.steps import svi_step
+from pyro_aevb.training import _bind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_vae import (  # noqa: E402  (a sibling script, not an installed package)
@@ -235,7 +236,7 @@ def time_steps(train, args) -> dict:
     def ours_steps(n: int) -> None:
         with store.scope(ours_scope), pyro_aevb.full_data_size(n_train):
             for i in range(n):
-                _svi_step(ours_elbo, ours_optim, ours_model_fn, ours_guide_fn, ours_batch, 0, i)
+                svi_step(ours_elbo, ours_optim, ours_model_fn, ours_guide_fn, ours_batch, 0, i)
 
     # stock Pyro: SVI.step with the same objective and optimizer, no finiteness check
     svi_model, svi_guide = build_ours(train, 0)
@@ -288,7 +289,7 @@ def time_steps(train, args) -> dict:
         "ratio_ours_over_plain": median["ours"] / median["plain"],
         "ratio_pyro_svi_over_plain": median["pyro_svi"] / median["plain"],
         "ratio_over_plain_median_of_rounds": paired,
-        "ours_step": "pyro_aevb.training._svi_step (Trace_ELBO + pyro.optim.Adam, with the "
+        "ours_step": "pyro_aevb.steps.svi_step (Trace_ELBO + pyro.optim.Adam, with the "
         "library's finiteness check) on model and guide scaled by 1/N as fit does, inside a "
         "param-store scope and full_data_size(N)",
         "pyro_svi_step": "pyro.infer.SVI.step with the same Trace_ELBO and pyro.optim.Adam",
@@ -406,7 +407,7 @@ def markdown_report(results: dict) -> str:
     ]
     ms, paired = t["ms_per_step_median"], t["ratio_over_plain_median_of_rounds"]
     for name, label in (
-        ("ours", "ours (`pyro_aevb.training._svi_step`)"),
+        ("ours", "ours (`pyro_aevb.steps.svi_step`)"),
         ("pyro_svi", "stock `pyro.infer.SVI.step`"),
         ("plain", "plain PyTorch"),
     ):

@@ -21,7 +21,8 @@ from .evaluation import (
 )
 from .objectives import available_objectives, make_objective, register_objective
 from .plate import data_plate, full_data_size
-from .training import FitResult, NonFiniteLossError, fit
+from .steps import NonFiniteLossError
+from .training import FitResult, fit
 
 __all__ = [
     "ContractError",

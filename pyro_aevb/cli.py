@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per data point and training step (default 1)",
     )
     f.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0)")
+    f.add_argument(
+        "--estimates",
+        type=int,
+        help="M, the number of IWAE bounds, for --objective miwae or piwae",
+    )
+    f.add_argument("--beta", type=float, help="the ELBO's weight for --objective ciwae")
+    f.add_argument(
+        "--kl-weight", type=float, help="weight of the KL term (elbo, meanfield; default 1)"
+    )
+    f.add_argument(
+        "--kl-warmup", type=int, help="steps over which the KL weight rises linearly (annealing)"
+    )
     f.add_argument("--epochs", type=int)
     f.add_argument("--batch-size", type=int)
     f.add_argument("--lr", type=float, help="Adam learning rate")
@@ -116,11 +128,18 @@ def _fit(args) -> dict:
         k: v
         for k, v in vars(args).items()
         if k
-        not in {"command", "model", "out", "resume", "overwrite", "no_progress", "alpha", "em"}
-        and k != "em_rounds"
+        not in {"command", "model", "out", "resume", "overwrite", "no_progress", "em"}
+        and k not in {"em_rounds", "alpha", "estimates", "beta", "kl_weight", "kl_warmup"}
     }
-    if args.alpha is not None:
-        overrides["objective_options"] = {"alpha": args.alpha}
+    options = {"alpha": args.alpha, "num_estimates": args.estimates, "beta": args.beta}
+    options = {k: v for k, v in options.items() if v is not None}
+    if options:
+        overrides["objective_options"] = options
+    if args.kl_weight is not None or args.kl_warmup is not None:
+        overrides["kl_annealing"] = {
+            "final": 1.0 if args.kl_weight is None else args.kl_weight,
+            "warmup_steps": args.kl_warmup or 0,
+        }
     if args.em_rounds is not None and args.em is None:
         raise ValueError("--em-rounds needs --em GUIDE_STEPS MODEL_STEPS")
     if args.em is not None:

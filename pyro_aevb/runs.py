@@ -20,6 +20,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import plots
+from .annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing
 from .data import get_transform, load_dataset, transform_test_set
 from .data.dataset import Dataset
 from .device import resolve_device
@@ -73,6 +74,13 @@ def resolve_config(model: str, overrides: dict) -> dict:
             )
         else:
             config[key] = value
+    if config.get("kl_annealing"):
+        KLAnnealing(**config["kl_annealing"])  # validates the numbers
+        if config["objective"] not in WEIGHTABLE_OBJECTIVES:
+            raise ValueError(
+                f"--kl-weight/--kl-warmup apply to the objectives {list(WEIGHTABLE_OBJECTIVES)}, "
+                f"not '{config['objective']}'"
+            )
     if config.get("schedule"):
         schedule = AlternatingSchedule(**config["schedule"])  # validates the numbers
         if schedule.total_steps is not None and overrides.get("epochs") is None:
@@ -136,6 +144,7 @@ def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, 
         patience=config.get("patience"),
         schedule=AlternatingSchedule(**config["schedule"]) if config.get("schedule") else None,
         eval_every=config.get("eval_every"),
+        kl_annealing=KLAnnealing(**config["kl_annealing"]) if config.get("kl_annealing") else None,
         progress=progress,
     )
     fit_seconds = time.perf_counter() - t0

@@ -21,10 +21,10 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer.util import zero_grads
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing, LatentScale
 from .contract import PairSummary, call_arguments, check_data_support, check_pair
 from .data.dataset import Dataset, validate_array
 from .data.transforms import Identity, Transform, get_transform, transform_test_set
@@ -32,13 +32,10 @@ from .device import resolve_device
 from .evaluation import elbo_per_datapoint, exact_log_evidence, prepare_fields
 from .objectives import make_objective
 from .plate import full_data_size
-from .schedules import PHASES, AlternatingSchedule, JointSchedule
+from .schedules import AlternatingSchedule, JointSchedule
+from .steps import frozen_parameters, svi_step
 
 HISTORY_NAME = "history.csv"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or a gradient became NaN or infinite; training stopped before the update."""
 
 
 @dataclass
@@ -47,7 +44,7 @@ class FitResult:
 
     #: one dict per epoch (or per ``eval_every`` steps): epoch, step, train_loss,
     #: test_elbo and, for models with exact evidence, test_log_evidence (nats per
-    #: data point), the schedule's phase, and seconds
+    #: data point), the schedule's phase, the KL weight, and seconds
     history: list[dict]
     #: wall-clock seconds spent in training steps (evaluation excluded), all sessions
     train_seconds: float
@@ -127,6 +124,7 @@ def fit(
     patience: int | None = None,
     schedule: AlternatingSchedule | JointSchedule | None = None,
     eval_every: int | None = None,
+    kl_annealing: KLAnnealing | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
@@ -162,6 +160,11 @@ def fit(
     :param eval_every: write a history row (with the test ELBO, and the exact
         evidence if the model has a ``log_evidence`` method) every this many steps
         and where the schedule ends, instead of once per epoch.
+    :param kl_annealing: a weight on the latent sites' terms (the KL) and its warm-up,
+        :class:`~pyro_aevb.annealing.KLAnnealing`, for the ``elbo`` and ``meanfield``
+        objectives. The training loss is then the weighted one; the test ELBO in the
+        history stays the unweighted bound. The weight of each row's last step is
+        recorded as ``kl_weight``.
     :param progress: show a tqdm progress bar with the running loss.
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient, naming the
         epoch and step; the parameters and the last checkpoint stay as they were.
@@ -175,6 +178,12 @@ def fit(
         raise ValueError("epochs=None needs a schedule with a fixed number of rounds")
     if (epochs is not None and epochs < 0) or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    if kl_annealing is not None and objective not in WEIGHTABLE_OBJECTIVES:
+        raise ValueError(
+            f"a KL weight applies to the objectives {list(WEIGHTABLE_OBJECTIVES)}, not "
+            f"'{objective}': an importance-weighted bound mixes the likelihood and the "
+            "latent terms inside a log-sum-exp, where no weight separates them"
+        )
     if eval_every is not None and eval_every < 1:
         raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
     if patience is not None and test is None:
@@ -212,6 +221,7 @@ def fit(
         "patience": patience,
         "schedule": schedule.describe(),
         "eval_every": eval_every,
+        "kl_annealing": kl_annealing.describe() if kl_annealing is not None else None,
     }
     if state is not None:
         changed = {
@@ -247,7 +257,7 @@ def fit(
         with full_data_size(n_train):
             summary = check_pair(model, guide, first, allow_model_enumeration=objective == "enum")
         check_data_support(summary, preview)
-        frozen = _frozen_parameters(schedule, summary)
+        frozen = frozen_parameters(schedule, summary)
         if test_fields is not None:
             check_data_support(summary, test_fields)
         # The data plate scales a batch to the full data set (so global and local terms
@@ -256,11 +266,12 @@ def fit(
         # loss at which learning rates and Adam's eps are usually chosen. (On the default
         # VAE both scalings gave test log-likelihoods within run-to-run variation.)
         per_point = 1.0 / n_train
-        model_fn = poutine.scale(
-            _bind(model, list(call_arguments(model, first, "model"))), scale=per_point
+        latent_scale = LatentScale(1.0)  # the KL weight, set before every step
+        model_fn = latent_scale(
+            poutine.scale(_bind(model, list(call_arguments(model, first, "model"))), per_point)
         )
-        guide_fn = poutine.scale(
-            _bind(guide, list(call_arguments(guide, first, "guide"))), scale=per_point
+        guide_fn = latent_scale(
+            poutine.scale(_bind(guide, list(call_arguments(guide, first, "guide"))), per_point)
         )
         optim = pyro.optim.Adam({"lr": lr})
 
@@ -310,6 +321,8 @@ def fit(
             }
             if not isinstance(schedule, JointSchedule):
                 row["phase"] = phase
+            if kl_annealing is not None:
+                row["kl_weight"] = latent_scale.weight
             if test_fields is not None:
                 test_elbo = elbo_per_datapoint(model, guide, test_fields, seed=seed)
                 row["test_elbo"] = float(test_elbo.mean())
@@ -359,11 +372,13 @@ def fit(
                     phase = schedule.phase(step_count)
                     if phase is None:
                         break
+                    if kl_annealing is not None:
+                        latent_scale.weight = kl_annealing.weight(step_count)
                     t0 = time.perf_counter()
                     idx = perm[step * batch_size : (step + 1) * batch_size]
                     batch = {k: (x if k == "x" else v)[idx] for k, v in fields.items()}
                     with full_data_size(n_train):
-                        loss = _svi_step(
+                        loss = svi_step(
                             elbo, optim, model_fn, guide_fn, batch, epoch, step, frozen[phase]
                         )
                     seconds = time.perf_counter() - t0
@@ -420,65 +435,6 @@ def _load_module_states(model, guide, states: dict) -> None:
     for role, module in (("model", model), ("guide", guide)):
         if role in states:
             module.load_state_dict(states[role])
-
-
-def _frozen_parameters(schedule, summary: PairSummary) -> dict[str, frozenset[str]]:
-    """For each phase, the names of the parameters its steps must leave unchanged."""
-    roles = {"model": set(summary.model_params), "guide": set(summary.guide_params)}
-    if isinstance(schedule, AlternatingSchedule):
-        for role, names in roles.items():
-            if not names:
-                raise ValueError(
-                    f"an alternating (EM) schedule needs {role} parameters, but the {role} "
-                    "registers none with Pyro (pyro.module / pyro.param)"
-                )
-    return {
-        phase: frozenset(n for role, names in roles.items() if role not in updated for n in names)
-        for phase, updated in PHASES.items()
-    }
-
-
-def _svi_step(
-    elbo, optim, model_fn, guide_fn, batch, epoch: int, step: int, frozen=frozenset()
-) -> float:
-    """One SVI step (as ``pyro.infer.SVI.step``) that refuses a non-finite update and
-    leaves the parameters named in ``frozen`` unchanged."""
-    advice = (
-        "training stopped before this update. The parameters are those after the last "
-        "good step and the last checkpoint is intact. Lower the learning rate, check the "
-        "data, or bound the scales the guide and model produce."
-    )
-    with poutine.trace(param_only=True) as param_capture:
-        try:
-            loss = elbo.loss_and_grads(model_fn, guide_fn, **batch)
-        except ValueError as e:
-            # PyTorch's argument validation: a distribution parameter became NaN,
-            # infinite or left its constraint inside the forward pass.
-            if "found invalid values" not in str(e):
-                raise
-            zero_grads({s["value"].unconstrained() for s in param_capture.trace.nodes.values()})
-            raise NonFiniteLossError(
-                f"invalid distribution parameters (NaN, infinite or outside their constraint) "
-                f"at epoch {epoch}, step {step + 1}; {advice}\n{str(e).splitlines()[0]}"
-            ) from e
-    params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-    grads = [p.grad for p in params if p.grad is not None]
-    # One sum per gradient detects NaN and inf (both propagate through a sum) without
-    # allocating a boolean mask per element, which cost about 3 ms a step on the VAE.
-    finite = math.isfinite(loss) and bool(
-        torch.stack([g.sum() for g in grads]).isfinite().all() if grads else True
-    )
-    if not finite:
-        zero_grads(params)
-        what = f"loss {loss}" if not math.isfinite(loss) else "a non-finite gradient"
-        raise NonFiniteLossError(f"{what} at epoch {epoch}, step {step + 1}; {advice}")
-    if frozen:
-        names = {site["value"].unconstrained(): n for n, site in param_capture.trace.nodes.items()}
-        optim({p for p in params if names[p] not in frozen})
-    else:
-        optim(params)
-    zero_grads(params)
-    return float(loss)
 
 
 def save_json(obj, path: str | os.PathLike) -> None:

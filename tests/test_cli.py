@@ -182,9 +182,27 @@ def test_fit_cvae_reports_label_usage_and_a_class_grid(tmp_path, capsys):
         (["fit", "fa", "--em-rounds", "2"], "--em-rounds needs --em"),
         (["fit", "fa", "--em", "0", "5"], "at least 1"),
         (["fit", "cvae", "--dataset", "fa-synthetic"], "needs labels"),
+        (["fit", "vae", "--objective", "iwae", "--kl-weight", "0.5"], "apply to the objectives"),
+        (["fit", "vae", "--objective", "miwae"], "needs the option num_estimates"),
     ],
 )
 def test_model_specific_options_are_checked(args, message, capsys, tmp_path):
     assert main(args + ["--out", str(tmp_path / "r"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_importance_weighted_objectives_and_kl_annealing(tmp_path):
+    out = tmp_path / "miwae"
+    args = ["fit", "vae", *TINY, "--objective", "miwae", "--particles", "2", "--estimates", "3"]
+    assert main(args + ["--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective_options"] == {"num_estimates": 3}
+
+    out = tmp_path / "annealed"
+    args = ["fit", "vae", *TINY, "--kl-weight", "0.5", "--kl-warmup", "8"]
+    assert main(args + ["--out", str(out)]) == 0
+    header, *rows = (out / "history.csv").read_text().splitlines()
+    column = header.split(",").index("kl_weight")
+    # 300 points in batches of 100: rows after steps 3 and 6 of the 8-step warm-up to 0.5
+    assert [float(r.split(",")[column]) for r in rows] == [0.1875, 0.375]

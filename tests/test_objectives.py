@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pyro_aevb import available_objectives, full_data_size, make_objective, register_objective
-from pyro_aevb.training import _bind, _svi_step
+from pyro_aevb.steps import svi_step
+from pyro_aevb.training import _bind
 from tests.conftest import tiny_vae
 
 OPTIONS = {"elbo": {}, "meanfield": {}, "enum": {}, "renyi": {"alpha": 0.0}}
@@ -32,7 +33,7 @@ def test_objective_trains_a_small_vae(digits, name, particles):
     with pyro.get_param_store().scope(), full_data_size(200):
         for step in range(60):
             losses.append(
-                _svi_step(elbo, optim, _bind(model, ["x"]), _bind(guide, ["x"]), {"x": x}, 1, step)
+                svi_step(elbo, optim, _bind(model, ["x"]), _bind(guide, ["x"]), {"x": x}, 1, step)
                 / 200
             )
     assert all(math.isfinite(v) for v in losses)
