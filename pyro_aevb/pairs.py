@@ -107,8 +107,8 @@ def _build_fa(train: Dataset, z_dim, covariance, bias):
             f"unknown guide covariance '{covariance}'; choose one of {sorted(COVARIANCE_GUIDES)}"
         )
     x_dim = train.num_features
-    guide = COVARIANCE_GUIDES[covariance](x_dim, z_dim, bias)
-    return FactorAnalysis(x_dim, z_dim, bias=bias), guide
+    model = FactorAnalysis(x_dim, z_dim, bias=bias)  # first: it draws W before the guide's V
+    return model, COVARIANCE_GUIDES[covariance](x_dim, z_dim, bias)
 
 
 def _true_fa_evidence(run) -> float | None:
