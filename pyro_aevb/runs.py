@@ -181,7 +181,7 @@ def evaluate_run(
             train_seconds=result.train_seconds,
             fit_seconds=fit_seconds,
             epochs_completed=result.epochs_completed,
-            seconds_per_epoch=result.train_seconds / max(1, len(result.history)),
+            seconds_per_epoch=result.train_seconds / max(1, result.epochs_completed),
             stopped_early=result.stopped_early,
             best_epoch=result.best_epoch,
             final_train_loss=result.history[-1]["train_loss"] if result.history else None,

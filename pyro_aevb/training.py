@@ -287,7 +287,7 @@ def fit(
             history = list(state["history"])
             start_epoch, train_seconds = state["epoch"], state["train_seconds"]
             best, stopped = state["best"], state["stopped"]
-            pending = dict(state["pending"])
+            pending = dict(state.get("pending", pending))
 
         def save_checkpoint(epoch):
             if checkpoint_path is None:
