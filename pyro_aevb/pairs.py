@@ -136,7 +136,7 @@ def _fa_figures(run, run_dir: Path, history) -> None:
 
 
 #: Factor analysis on the tutorial paper's synthetic data (section 5.2): L = 2, D = 3,
-#: batch 32, Adam 1e-2, analytic KL; 125 epochs are 4000 steps, a few seconds.
+#: batch 32, Adam 1e-2, analytic KL; 125 epochs are 4000 steps, about 15 s of training.
 FA_PAIR = register_pair(
     PairSpec(
         name="fa",
