@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_aevb.nn import check_flat_input
+from pyro_aevb.nn import check_flat_input, inverse_softplus
 from pyro_aevb.plate import data_plate
 
 
@@ -67,7 +67,7 @@ class FullCovarianceGuide(LinearGaussianGuide):
     def __init__(self, x_dim: int = 3, z_dim: int = 2, bias: bool = False, site: str = "z"):
         super().__init__(x_dim, z_dim, bias, site)
         self.raw_tril = nn.Parameter(torch.zeros(z_dim, z_dim))
-        self.raw_diag = nn.Parameter(torch.full((z_dim,), _inverse_softplus(1.0)))
+        self.raw_diag = nn.Parameter(torch.full((z_dim,), inverse_softplus(1.0)))
 
     def scale_tril(self) -> torch.Tensor:
         return torch.tril(self.raw_tril, -1) + torch.diag(F.softplus(self.raw_diag) + 1e-5)
@@ -80,14 +80,12 @@ class DiagonalCovarianceGuide(LinearGaussianGuide):
 
     def __init__(self, x_dim: int = 3, z_dim: int = 2, bias: bool = False, site: str = "z"):
         super().__init__(x_dim, z_dim, bias, site)
-        self.raw_diag = nn.Parameter(torch.full((z_dim,), _inverse_softplus(1.0)))
+        self.raw_diag = nn.Parameter(torch.full((z_dim,), inverse_softplus(1.0)))
 
     def scale_tril(self) -> torch.Tensor:
         return torch.diag(F.softplus(self.raw_diag) + 1e-5)
 
 
-def _inverse_softplus(y: float) -> float:
-    return float(torch.tensor(y).expm1().log())
 
 
 #: the covariance families by name, for the command line and the pair registry

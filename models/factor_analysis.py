@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_aevb.nn import check_flat_input
+from pyro_aevb.nn import check_flat_input, inverse_softplus
 from pyro_aevb.plate import data_plate
 
 
@@ -51,9 +51,8 @@ class FactorAnalysis(nn.Module):
         self.x_dim, self.z_dim = x_dim, z_dim
         self.W = nn.Parameter(torch.randn(x_dim, z_dim))
         self.b = nn.Parameter(torch.zeros(x_dim)) if bias else None
-        # inverse softplus of the initial scale
-        raw = torch.tensor(init_noise_scale - self.MIN_SCALE).expm1().log()
-        self.raw_noise_scale = nn.Parameter(raw.expand(x_dim).clone())
+        raw = inverse_softplus(init_noise_scale - self.MIN_SCALE)
+        self.raw_noise_scale = nn.Parameter(torch.full((x_dim,), raw))
 
     @property
     def noise_scale(self) -> torch.Tensor:

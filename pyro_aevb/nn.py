@@ -60,6 +60,13 @@ class DiagonalNormalHead(nn.Module):
         return self.loc(h), F.softplus(self.scale(h)) + self.min_scale
 
 
+def inverse_softplus(y: float) -> float:
+    """The ``x`` with ``softplus(x) = y > 0``: initial values of softplus-parametrized scales."""
+    if not y > 0:
+        raise ValueError(f"softplus only takes positive values, got {y}")
+    return float(torch.tensor(float(y)).expm1().log())
+
+
 def check_flat_input(x: torch.Tensor, x_dim: int, owner: str) -> None:
     """Raise ``ValueError`` unless ``x`` is a batch of vectors ``(B, x_dim)``."""
     if x.dim() != 2 or x.shape[-1] != x_dim:
