@@ -121,16 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: parsed arguments that are not config keys as they are (the run's place and mode, and
+#: the objective, schedule and KL options that _fit gathers into dicts)
+_NOT_CONFIG = {
+    "command", "model", "out", "resume", "overwrite", "no_progress",
+    "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup",
+}
+
+
 def _fit(args) -> dict:
     from .runs import resolve_config, train_run
 
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k
-        not in {"command", "model", "out", "resume", "overwrite", "no_progress", "em"}
-        and k not in {"em_rounds", "alpha", "estimates", "beta", "kl_weight", "kl_warmup"}
-    }
+    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     options = {"alpha": args.alpha, "num_estimates": args.estimates, "beta": args.beta}
     options = {k: v for k, v in options.items() if v is not None}
     if options:

@@ -159,7 +159,8 @@ def predictive_check(data: torch.Tensor, generated: torch.Tensor, axes=None):
     pairs = [(i, j) for i in range(dims) for j in range(i + 1, dims)]
     if axes is None:
         fig, axes = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.4))
-    axes = [axes] if not isinstance(axes, (list, tuple)) and not hasattr(axes, "__len__") else axes
+    if not hasattr(axes, "__len__"):  # a single Axes
+        axes = [axes]
     for ax, (i, j) in zip(axes, pairs, strict=True):
         ax.scatter(data[:, i], data[:, j], s=3, alpha=0.5, label="test data")
         ax.scatter(generated[:, i], generated[:, j], s=3, alpha=0.5, label="generated")
