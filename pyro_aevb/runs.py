@@ -172,7 +172,7 @@ def evaluate_run(
     )
     metrics = ev.metrics()
     if run.spec.metrics is not None:
-        metrics.update(run.spec.metrics(run, particles))
+        metrics.update(run.spec.metrics(run, ev))
     metrics["evaluation_seconds"] = time.perf_counter() - t0
     path = Path(run_dir) / "metrics.json"
     previous = json.loads(path.read_text()) if path.exists() else {}

@@ -118,3 +118,15 @@ def test_cuda_requested_without_cuda(tmp_path, digits):
 def test_bad_labels_are_rejected():
     with pytest.raises(ValueError, match="labels must be int64"):
         Dataset(torch.rand(4, 2), torch.zeros(4), None, (2,), "toy")
+
+
+def test_unknown_guide_covariance_and_missing_labels_are_named(digits):
+    from pyro_aevb import label_usage
+    from pyro_aevb.pairs import get_pair
+
+    train, _ = digits
+    with pytest.raises(ValueError, match="unknown guide covariance 'banded'"):
+        get_pair("fa").build(train, z_dim=2, covariance="banded", bias=False)
+    model, guide = tiny_vae()
+    with pytest.raises(ValueError, match="needs a 'y' field"):
+        label_usage(model, guide, {"x": train.x[:10]}, num_particles=2)
