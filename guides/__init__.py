@@ -1,6 +1,7 @@
 """Amortized posteriors (Pyro guide functions), importable as ``pyro_aevb.guides``."""
 
 from .gaussian import ConditionalDiagonalNormalEncoder, DiagonalNormalEncoder
+from .gmvae import GMVAEEncoder
 from .linear import (
     COVARIANCE_GUIDES,
     DiagonalCovarianceGuide,
@@ -14,5 +15,6 @@ __all__ = [
     "DiagonalCovarianceGuide",
     "DiagonalNormalEncoder",
     "FullCovarianceGuide",
+    "GMVAEEncoder",
     "LinearGaussianGuide",
 ]

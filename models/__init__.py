@@ -2,6 +2,7 @@
 
 from .cvae import FACTORIZATIONS, ConditionalVAE
 from .factor_analysis import FactorAnalysis
+from .gmvae import GaussianMixtureVAE
 from .vae import VAE
 
-__all__ = ["FACTORIZATIONS", "ConditionalVAE", "FactorAnalysis", "VAE"]
+__all__ = ["FACTORIZATIONS", "ConditionalVAE", "FactorAnalysis", "GaussianMixtureVAE", "VAE"]

@@ -49,6 +49,7 @@ raises :class:`ContractError` naming the missing, extra or misshaped sites.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -105,6 +106,10 @@ class PairSummary:
     model_params: list[str] = field(default_factory=list)
     #: names of the Pyro parameters only the guide uses
     guide_params: list[str] = field(default_factory=list)
+    #: guide sites marked for parallel enumeration, and the number of joint values
+    #: they take (the factor by which enumeration multiplies a batch's rows)
+    enumerated_guide_sites: list[str] = field(default_factory=list)
+    guide_enumeration_size: int = 1
 
 
 def _frames(site):
@@ -253,6 +258,11 @@ def check_pair(
         for f in _frames(s)
     ]
     model_params = _param_names(model_trace)
+    enumerated_guide = {
+        n: s["fn"].enumerate_support(expand=False).shape[0]
+        for n, s in guide_latents.items()
+        if s["infer"].get("enumerate") == "parallel"
+    }
     return PairSummary(
         latent_sites=list(model_latents),
         observed_sites=list(observed),
@@ -263,6 +273,8 @@ def check_pair(
         observed_fields=observed_fields,
         model_params=model_params,
         guide_params=[n for n in _param_names(guide_trace) if n not in model_params],
+        enumerated_guide_sites=list(enumerated_guide),
+        guide_enumeration_size=math.prod(enumerated_guide.values()),
     )
 
 

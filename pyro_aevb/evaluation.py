@@ -39,7 +39,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from .contract import PairSummary, call_arguments, check_pair
+from .contract import PairSummary, call_arguments, check_pair, is_latent_site
 from .data.dataset import Dataset
 from .data.transforms import Transform, get_transform, transform_test_set
 from .particles import log_prob_per_datapoint
@@ -79,23 +79,34 @@ def isolated(seed: int | None, device: torch.device | None = None) -> Iterator[N
         yield
 
 
-def _per_datapoint(site, summary: PairSummary) -> torch.Tensor:
-    """Unscaled, masked log-density of a site, summed to shape ``(K or 1, B or 1)``."""
-    # plates + the particle plate
-    return log_prob_per_datapoint(site, summary.max_plate_nesting + 1, summary.data_dim)
-
-
-def log_importance_weights(
+def importance_terms(
     model: Callable,
     guide: Callable,
     batch: Mapping[str, torch.Tensor],
     num_particles: int,
     summary: PairSummary,
-) -> torch.Tensor:
-    r"""Log-weights :math:`\log p(x_i, z_k) - \log q(z_k \mid x_i)`, shape ``(K, B)``, nats.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-particle log-weights and ELBO terms, each ``(K, B)``, nats.
 
-    Particles are drawn in one vectorized pass through an extra plate to the
-    left of all of the pair's plates.
+    Particles are drawn in one vectorized pass through an extra plate to the left
+    of all of the pair's plates. Without enumerated guide sites both outputs are
+    :math:`\log w_k = \log p(x, z_k) - \log q(z_k \mid x)`.
+
+    Guide sites marked ``infer={"enumerate": "parallel"}`` (a discrete :math:`y`) are
+    enumerated in parallel, to the left of the particle plate, and the rest of the
+    guide (:math:`z_{k,y} \sim q(z \mid x, y)`) is drawn once per value. The weight
+    of particle :math:`k` then sums over the values, a stratified estimator that
+    needs no proposal for :math:`y`,
+
+    .. math::
+
+        w_k = \sum_y \frac{p(x, y, z_{k,y})}{q(z_{k,y} \mid x, y)}, \qquad
+        \mathbb{E}[w_k] = \sum_y \int p(x, y, z)\, dz = p(x),
+
+    and the ELBO term weights the values by the guide,
+    :math:`\sum_y q(y \mid x)\,[\log p(x, y, z_{k,y}) - \log q(y \mid x)
+    - \log q(z_{k,y} \mid x, y)]`, whose mean is the ELBO that ``TraceEnum_ELBO``
+    maximizes.
     """
     if summary.global_latent_sites:
         raise NotImplementedError(
@@ -105,25 +116,55 @@ def log_importance_weights(
         )
     guide_kwargs = call_arguments(guide, batch, "guide")
     model_kwargs = call_arguments(model, batch, "model")
-    dim = -(summary.max_plate_nesting + 1)
-    with pyro.plate("_importance_particles", num_particles, dim=dim):
-        guide_trace = poutine.trace(guide).get_trace(**guide_kwargs)
+    nesting = summary.max_plate_nesting + 1  # the pair's plates + the particle plate
+    with pyro.plate("_importance_particles", num_particles, dim=-nesting):
+        enumerated_guide = poutine.enum(guide, first_available_dim=-nesting - 1)
+        guide_trace = poutine.trace(enumerated_guide).get_trace(**guide_kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             **model_kwargs
         )
-    guided = {n for n, s in guide_trace.nodes.items() if s["type"] == "sample"}
-    log_w = torch.zeros(())
+    guide_latents = {n: s for n, s in guide_trace.nodes.items() if is_latent_site(s)}
+    enumerated = [
+        n for n, s in guide_latents.items() if s["infer"].get("_enumerate_dim") is not None
+    ]
+    num_enum = len(enumerated)
+
+    def per_datapoint(site):
+        return log_prob_per_datapoint(site, nesting, summary.data_dim, num_enum)
+
+    log_joint = torch.zeros(())  # log p(x, y, z) - log q(z | x, y): (E..., K, B)
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        if not site["is_observed"] and name not in guided:
+        if not site["is_observed"] and name not in guide_latents:
             continue  # drawn from its prior: part of the proposal, cancels
-        log_w = log_w + _per_datapoint(site, summary)
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]:
-            log_w = log_w - _per_datapoint(site, summary)
+        log_joint = log_joint + per_datapoint(site)
+    log_q_enumerated = torch.zeros(())
+    for name, site in guide_latents.items():
+        if name in enumerated:
+            log_q_enumerated = log_q_enumerated + per_datapoint(site)
+        else:
+            log_joint = log_joint - per_datapoint(site)
     batch_size = next(iter(batch.values())).shape[0]
-    return log_w.expand(num_particles, batch_size)
+    shape = torch.broadcast_shapes(log_joint.shape, (1,) * num_enum + (num_particles, batch_size))
+    log_joint = log_joint.expand(shape).reshape(-1, num_particles, batch_size)
+    if not num_enum:
+        return log_joint[0], log_joint[0]
+    log_q = log_q_enumerated.expand(shape).reshape(-1, num_particles, batch_size)
+    elbo = (log_q.exp() * (log_joint - log_q)).sum(0)
+    return torch.logsumexp(log_joint, 0), elbo
+
+
+def log_importance_weights(
+    model: Callable,
+    guide: Callable,
+    batch: Mapping[str, torch.Tensor],
+    num_particles: int,
+    summary: PairSummary,
+) -> torch.Tensor:
+    r"""Log-weights :math:`\log p(x_i, z_k) - \log q(z_k \mid x_i)`, shape ``(K, B)``, nats,
+    with guide sites marked for enumeration summed out (see :func:`importance_terms`)."""
+    return importance_terms(model, guide, batch, num_particles, summary)[0]
 
 
 @dataclass
@@ -197,12 +238,14 @@ def importance_log_likelihood(
             if summary is None:
                 summary = check_pair(model, guide, batch, allow_model_enumeration=True)
             parts = []
-            for start in range(0, num_particles, chunk):
-                k = min(chunk, num_particles - start)
-                parts.append(log_importance_weights(model, guide, batch, k, summary))
-            log_w = torch.cat(parts).double()  # (K, B)
+            # enumeration multiplies the rows of a pass by the number of values
+            step = max(1, chunk // summary.guide_enumeration_size)
+            for start in range(0, num_particles, step):
+                k = min(step, num_particles - start)
+                parts.append(importance_terms(model, guide, batch, k, summary))
+            log_w = torch.cat([w for w, _ in parts]).double()  # (K, B)
             out["ll"].append(torch.logsumexp(log_w, 0) - math.log(num_particles))
-            out["elbo"].append(log_w.mean(0))
+            out["elbo"].append(torch.cat([e for _, e in parts]).double().mean(0))
             normalized = torch.softmax(log_w, 0)
             out["ess"].append(1.0 / normalized.pow(2).sum(0))
             if pareto and num_particles >= MIN_PARETO_PARTICLES:
@@ -270,9 +313,11 @@ def label_usage(
     labels = fields[label_field]
     perm = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(seed))
     shuffled = dict(fields, **{label_field: labels[perm.to(labels.device)]})
-    estimate = lambda data: importance_log_likelihood(
-        model, guide, data, num_particles, batch_size, pareto=False, seed=seed + 1
-    ).log_likelihood
+    estimate = lambda data: (
+        importance_log_likelihood(
+            model, guide, data, num_particles, batch_size, pareto=False, seed=seed + 1
+        ).log_likelihood
+    )
     true = true_log_likelihood if true_log_likelihood is not None else estimate(fields)
     out = {}
     for name, ll in (("true_labels", true), ("shuffled_labels", estimate(shuffled))):

@@ -60,6 +60,18 @@ class DiagonalNormalHead(nn.Module):
         return self.loc(h), F.softplus(self.scale(h)) + self.min_scale
 
 
+def glorot_normal_(module: nn.Module) -> nn.Module:
+    """Glorot-normal weights and zero biases for every ``Linear`` in ``module`` (Glorot &
+    Bengio, 2010), the initialization the GMVAE needs to start using its clusters
+    (see github.com/RuiShu/vae-clustering/issues/10); returns ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_normal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
+
+
 def inverse_softplus(y: float) -> float:
     """The ``x`` with ``softplus(x) = y > 0``: initial values of softplus-parametrized scales."""
     if not y > 0:

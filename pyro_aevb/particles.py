@@ -51,24 +51,29 @@ from .plate import DATA_PLATE
 PARTICLE_PLATE = "_iw_particles"
 
 
-def log_prob_per_datapoint(site: dict, num_dims: int, data_dim: int) -> torch.Tensor:
+def log_prob_per_datapoint(
+    site: dict, num_dims: int, data_dim: int, enum_dims: int = 0
+) -> torch.Tensor:
     """Unscaled, masked log-density of a trace site summed to ``(P or 1, B or 1)``.
 
     :param num_dims: the number of batch dimensions, plates plus the particle plate
         on the left (dim 0 of the result).
     :param data_dim: the (negative) dim of the data plate.
+    :param enum_dims: enumeration dimensions to the left of the particle plate, kept
+        as the leading dims of the result: ``(E_n or 1, ..., E_1 or 1, P or 1, B or 1)``.
     """
     lp = site["fn"].log_prob(site["value"])
     lp = scale_and_mask(lp, 1.0, site["mask"])
-    if lp.dim() > num_dims:
+    total = num_dims + enum_dims
+    if lp.dim() > total:
         raise ValueError(
             f"site '{site['name']}' has log_prob of shape {tuple(lp.shape)}, more batch "
             f"dims than the {num_dims - 1} plate(s) allow; declare batch dims with "
             "pyro.plate or move them to the event with .to_event(...)"
         )
-    lp = lp.reshape((1,) * (num_dims - lp.dim()) + tuple(lp.shape))
-    keep = {0, num_dims + data_dim}
-    dims = [d for d in range(num_dims) if d not in keep]
+    lp = lp.reshape((1,) * (total - lp.dim()) + tuple(lp.shape))
+    keep = set(range(enum_dims + 1)) | {total + data_dim}
+    dims = [d for d in range(total) if d not in keep]
     return lp.sum(dims) if dims else lp
 
 

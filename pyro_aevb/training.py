@@ -125,6 +125,7 @@ def fit(
     schedule: AlternatingSchedule | JointSchedule | None = None,
     eval_every: int | None = None,
     kl_annealing: KLAnnealing | None = None,
+    history_metrics: Callable[..., dict] | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
@@ -165,6 +166,8 @@ def fit(
         objectives. The training loss is then the weighted one; the test ELBO in the
         history stays the unweighted bound. The weight of each row's last step is
         recorded as ``kl_weight``.
+    :param history_metrics: ``history_metrics(model, guide, test_fields) -> dict`` of
+        extra test metrics for every history row (e.g. clustering accuracy).
     :param progress: show a tqdm progress bar with the running loss.
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient, naming the
         epoch and step; the parameters and the last checkpoint stay as they were.
@@ -274,6 +277,14 @@ def fit(
             poutine.scale(_bind(guide, list(call_arguments(guide, first, "guide"))), per_point)
         )
         optim = pyro.optim.Adam({"lr": lr})
+        # Modules whose training depends on the step (a Gumbel-softmax temperature) say so
+        # with a set_training_step method; the step count is checkpointed, so a resumed
+        # run sets the same values.
+        step_hooks = [
+            m.set_training_step
+            for m in (model, guide)
+            if callable(getattr(m, "set_training_step", None))
+        ]
 
         start_epoch, train_seconds, best, stopped = 0, 0.0, None, False
         # steps, loss and seconds since the last history row (carried across epochs)
@@ -329,6 +340,8 @@ def fit(
                 evidence = exact_log_evidence(model, test_fields)
                 if evidence is not None:
                     row["test_log_evidence"] = float(evidence.mean())
+                if history_metrics is not None:
+                    row.update(history_metrics(model, guide, test_fields))
             row["train_seconds"] = pending["seconds"]
             pending.update(steps=0, loss=0.0, seconds=0.0)
             history.append(row)
@@ -374,6 +387,8 @@ def fit(
                         break
                     if kl_annealing is not None:
                         latent_scale.weight = kl_annealing.weight(step_count)
+                    for hook in step_hooks:
+                        hook(step_count)
                     t0 = time.perf_counter()
                     idx = perm[step * batch_size : (step + 1) * batch_size]
                     batch = {k: (x if k == "x" else v)[idx] for k, v in fields.items()}
