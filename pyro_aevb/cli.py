@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["full", "prior", "decoder"],
         help="cvae: p(z|y)p(x|y,z) (full, default), p(z|y)p(x|z) (prior), p(z)p(x|y,z) (decoder)",
     )
+    f.add_argument("--clusters", dest="num_clusters", type=int, help="gmvae: C (default 10)")
+    f.add_argument(
+        "--estimator",
+        choices=["enumerate", "gumbel"],
+        help="gmvae: sum the clusters out (enumerate, default) or Gumbel-softmax draws",
+    )
+    f.add_argument(
+        "--temperature",
+        nargs=3,
+        type=float,
+        metavar=("INITIAL", "FINAL", "RATE"),
+        help="gmvae --estimator gumbel: tau = max(FINAL, INITIAL exp(-RATE step)); "
+        "default 1 0.5 1e-4",
+    )
     f.add_argument(
         "--em",
         nargs=2,
@@ -125,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: the objective, schedule and KL options that _fit gathers into dicts)
 _NOT_CONFIG = {
     "command", "model", "out", "resume", "overwrite", "no_progress",
-    "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup",
+    "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup", "temperature",
 }
 
 
@@ -142,6 +156,9 @@ def _fit(args) -> dict:
             "final": 1.0 if args.kl_weight is None else args.kl_weight,
             "warmup_steps": args.kl_warmup or 0,
         }
+    if args.temperature is not None:
+        initial, final, rate = args.temperature
+        overrides["temperature"] = {"initial": initial, "final": final, "rate": rate}
     if args.em_rounds is not None and args.em is None:
         raise ValueError("--em-rounds needs --em GUIDE_STEPS MODEL_STEPS")
     if args.em is not None:
@@ -191,6 +208,11 @@ def _summary(metrics: dict) -> str:
             f"log p(x | y)         {metrics['log_likelihood_true_labels']:9.2f} true labels, "
             f"{metrics['log_likelihood_shuffled_labels']:.2f} shuffled "
             f"(gain {metrics['label_gain']:.2f} nats)"
+        )
+    if "cluster_accuracy" in metrics:
+        lines.append(
+            f"clustering           {metrics['cluster_accuracy']:9.3f} accuracy, NMI "
+            f"{metrics['cluster_nmi']:.3f}, entropy of q(y|x) {metrics['cluster_entropy']:.3f} nats"
         )
     if "pareto_k_mean" in metrics:
         lines.append(

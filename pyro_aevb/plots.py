@@ -26,6 +26,12 @@ def _observed_mean(trace, site: str | None) -> torch.Tensor:
         for n, s in trace.nodes.items()
         if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)
     ]
+    if site is None and len(observed) > 1:
+        # A sequence model observes one site per step (x_1 .. x_T, in trace order):
+        # stack their means into (B, T, D) when they agree in shape.
+        means = [trace.nodes[n]["fn"].mean for n in observed]
+        if all(m.shape == means[0].shape for m in means):
+            return torch.stack(means, dim=-2)
     name = site or observed[-1]
     return trace.nodes[name]["fn"].mean
 
@@ -77,8 +83,10 @@ def image_grid(
     ncols: int = 10,
     title: str | None = None,
     ax=None,
+    row_titles: Sequence[str] | None = None,
 ):
-    """Show ``images`` (``(n, prod(image_shape))`` or ``(n, *image_shape)``) as a grid."""
+    """Show ``images`` (``(n, prod(image_shape))`` or ``(n, *image_shape)``) as a grid,
+    optionally with a title to the left of each row."""
     images = images.detach().cpu().reshape(-1, *image_shape)
     n = images.shape[0]
     nrows = math.ceil(n / ncols)
@@ -89,9 +97,13 @@ def image_grid(
         r, c = divmod(i, ncols)
         canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(ncols * 0.6, nrows * 0.6 + (0.4 if title else 0)))
+        margin = 1.6 if row_titles else 0.0
+        size = (ncols * 0.6 + margin, nrows * 0.6 + (0.4 if title else 0))
+        fig, ax = plt.subplots(figsize=size)
     ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
+    for r, text in enumerate(row_titles or []):
+        ax.text(-1, r * (h + 1) + h / 2, text, ha="right", va="center", fontsize=8)
     if title:
         ax.set_title(title)
     return ax.figure
@@ -120,6 +132,24 @@ def learning_curve(history: Sequence[Mapping], ax=None):
     ax.legend()
     ax.grid(alpha=0.3)
     return ax.figure
+
+
+def clustering_curves(history: Sequence[Mapping]):
+    """Test clustering accuracy, NMI and the entropy of q(y | x) per history row, from
+    the columns :func:`pyro_aevb.clustering.cluster_metrics` writes."""
+    steps, label = _history_axis(history)
+    columns = [
+        ("cluster_accuracy", "clustering accuracy"),
+        ("cluster_nmi", "normalized mutual information"),
+        ("cluster_entropy", "entropy of q(y | x), nats"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, (key, title) in zip(axes, columns, strict=True):
+        ax.plot(steps, [row[key] for row in history], marker=".")
+        ax.set_xlabel(label)
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
 
 
 def evidence_curve(
@@ -213,6 +243,42 @@ def latent_map(means: torch.Tensor, labels: torch.Tensor | None = None, ax=None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return ax.figure
+
+
+def row_by_row_generation(probs: torch.Tensor, rows: torch.Tensor, ncols: int = 7, every: int = 1):
+    """One sequence generated row by row, as by ``VRNN.generate_rows``: panel ``t`` shows
+    the rows sampled before step ``t``, the probabilities of row ``t`` given them
+    (framed in red) and blank rows below; a last panel shows the finished sample.
+
+    :param probs: each row's Bernoulli means given the sampled past, ``(T, D)`` (or
+        ``(1, T, D)``).
+    :param rows: the sampled rows, same shape.
+    :param every: draw every ``every``-th step (and the last one).
+    """
+    probs = probs.detach().cpu().reshape(-1, probs.shape[-1])
+    rows = rows.detach().cpu().reshape(probs.shape)
+    steps = probs.shape[0]
+    shown = sorted(set(range(0, steps, max(1, every))) | {steps - 1})
+    panels = len(shown) + 1
+    nrows = math.ceil(panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.2, nrows * 1.35), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, t in zip(axes.flat, shown, strict=False):
+        canvas = torch.zeros_like(probs)
+        canvas[:t] = rows[:t]
+        canvas[t] = probs[t]
+        ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        width = probs.shape[1]
+        ax.add_patch(plt.Rectangle((-0.5, -0.5), width, steps, fill=False, ec="0.8", lw=0.8))
+        ax.add_patch(plt.Rectangle((-0.5, t - 0.5), width, 1, fill=False, ec="tab:red", lw=1.2))
+        ax.set_title(f"t = {t + 1}", fontsize=8)
+    last = axes.flat[len(shown)]
+    last.imshow(rows.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    last.set_title("sample", fontsize=8)
+    fig.suptitle("generation row by row: sampled rows above, p(row t | past) framed")
+    fig.tight_layout()
+    return fig
 
 
 def save(fig, path) -> None:

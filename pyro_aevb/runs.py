@@ -85,6 +85,8 @@ def resolve_config(model: str, overrides: dict) -> dict:
         schedule = AlternatingSchedule(**config["schedule"])  # validates the numbers
         if schedule.total_steps is not None and overrides.get("epochs") is None:
             config["epochs"] = None  # until the schedule ends
+    if spec.configure is not None:
+        spec.configure(config, overrides)
     transform = get_transform(config["transform"])
     if config["architecture"].get("likelihood", "") is None:
         config["architecture"]["likelihood"] = transform.likelihood
@@ -145,6 +147,7 @@ def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, 
         schedule=AlternatingSchedule(**config["schedule"]) if config.get("schedule") else None,
         eval_every=config.get("eval_every"),
         kl_annealing=KLAnnealing(**config["kl_annealing"]) if config.get("kl_annealing") else None,
+        history_metrics=run.spec.history_metrics,
         progress=progress,
     )
     fit_seconds = time.perf_counter() - t0

@@ -184,6 +184,10 @@ def test_fit_cvae_reports_label_usage_and_a_class_grid(tmp_path, capsys):
         (["fit", "cvae", "--dataset", "fa-synthetic"], "needs labels"),
         (["fit", "vae", "--objective", "iwae", "--kl-weight", "0.5"], "apply to the objectives"),
         (["fit", "vae", "--objective", "miwae"], "needs the option num_estimates"),
+        (["fit", "gmvae", "--estimator", "gumbel", "--objective", "enum"], "trains with"),
+        (["fit", "gmvae", "--temperature", "1", "0.5", "1e-3"], "--estimator gumbel only"),
+        (["fit", "gmvae", "--estimator", "gumbel", "--temperature", "1", "2", "0"], "final"),
+        (["fit", "vae", "--clusters", "5"], "has no option 'num_clusters'"),
     ],
 )
 def test_model_specific_options_are_checked(args, message, capsys, tmp_path):
@@ -206,3 +210,25 @@ def test_importance_weighted_objectives_and_kl_annealing(tmp_path):
     column = header.split(",").index("kl_weight")
     # 300 points in batches of 100: rows after steps 3 and 6 of the 8-step warm-up to 0.5
     assert [float(r.split(",")[column]) for r in rows] == [0.1875, 0.375]
+
+
+def test_fit_gmvae_reports_clustering_per_epoch_and_a_cluster_grid(tmp_path, capsys):
+    out = tmp_path / "gmvae"
+    assert main(["fit", "gmvae", *TINY, "--clusters", "4", "--out", str(out)]) == 0
+    assert {"cluster_grid.png", "clustering.png"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective"] == "enum" and config["architecture"]["num_clusters"] == 4
+    header, *rows = (out / "history.csv").read_text().splitlines()
+    assert {"cluster_accuracy", "cluster_nmi", "cluster_entropy"} <= set(header.split(","))
+    assert len(rows) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["cluster_accuracy"] <= 1
+    assert metrics["test_elbo"] <= metrics["test_log_likelihood"]
+    assert "clustering" in capsys.readouterr().out
+
+    out = tmp_path / "gumbel"
+    args = ["fit", "gmvae", *TINY, "--clusters", "4", "--estimator", "gumbel"]
+    assert main(args + ["--temperature", "1", "0.3", "0.01", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective"] == "meanfield"
+    assert config["architecture"]["temperature"] == {"initial": 1, "final": 0.3, "rate": 0.01}
