@@ -8,6 +8,7 @@ from .linear import (
     FullCovarianceGuide,
     LinearGaussianGuide,
 )
+from .vrnn import VRNNEncoder
 
 __all__ = [
     "COVARIANCE_GUIDES",
@@ -17,4 +18,5 @@ __all__ = [
     "FullCovarianceGuide",
     "GMVAEEncoder",
     "LinearGaussianGuide",
+    "VRNNEncoder",
 ]

@@ -4,5 +4,13 @@ from .cvae import FACTORIZATIONS, ConditionalVAE
 from .factor_analysis import FactorAnalysis
 from .gmvae import GaussianMixtureVAE
 from .vae import VAE
+from .vrnn import VRNN
 
-__all__ = ["FACTORIZATIONS", "ConditionalVAE", "FactorAnalysis", "GaussianMixtureVAE", "VAE"]
+__all__ = [
+    "FACTORIZATIONS",
+    "ConditionalVAE",
+    "FactorAnalysis",
+    "GaussianMixtureVAE",
+    "VAE",
+    "VRNN",
+]

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["full", "prior", "decoder"],
         help="cvae: p(z|y)p(x|y,z) (full, default), p(z|y)p(x|z) (prior), p(z)p(x|y,z) (decoder)",
     )
+    f.add_argument("--rnn-dim", dest="rnn_dim", type=int, help="vrnn: LSTM state size (256)")
     f.add_argument("--clusters", dest="num_clusters", type=int, help="gmvae: C (default 10)")
     f.add_argument(
         "--estimator",

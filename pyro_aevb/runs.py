@@ -234,7 +234,10 @@ def write_figures(run: Run, run_dir: Path, history) -> None:
         batch["y"] = run.test.y[index].to(dev)
     shape = run.test.image_shape
     if len(shape) == 2:
-        samples = plots.prior_predictive_mean(run.model, batch, seed=run.config.get("seed", 0))
+        if run.spec.samples is not None:
+            samples = run.spec.samples(run, x.shape[0])
+        else:
+            samples = plots.prior_predictive_mean(run.model, batch, seed=run.config.get("seed", 0))
         plots.save(
             plots.image_grid(samples, shape, title="samples: mean of p(x | z), z ~ p(z)"),
             run_dir / "samples.png",

@@ -232,3 +232,19 @@ def test_fit_gmvae_reports_clustering_per_epoch_and_a_cluster_grid(tmp_path, cap
     config = json.loads((out / "config.json").read_text())
     assert config["objective"] == "meanfield"
     assert config["architecture"]["temperature"] == {"initial": 1, "final": 0.3, "rate": 0.01}
+
+
+def test_fit_vrnn_reads_rows_and_draws_the_generation_step_by_step(tmp_path):
+    out = tmp_path / "vrnn"
+    assert main(["fit", "vrnn", *TINY, "--rnn-dim", "16", "--out", str(out)]) == 0
+    assert FILES | {"generation_steps.png"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == {
+        "z_dim": 4,
+        "rnn_dim": 16,
+        "hidden": [32],
+        "likelihood": "bernoulli",
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_elbo"] <= metrics["test_log_likelihood"]
+    assert main(["evaluate", str(out), "--particles", "20"]) == 0
