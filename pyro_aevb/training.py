@@ -261,6 +261,9 @@ def fit(
             summary = check_pair(model, guide, first, allow_model_enumeration=objective == "enum")
         check_data_support(summary, preview)
         frozen = frozen_parameters(schedule, summary)
+        if getattr(elbo, "max_plate_nesting", None) == float("inf"):
+            # The contract check has counted the plates: TraceEnum_ELBO need not guess.
+            elbo.max_plate_nesting = summary.max_plate_nesting
         if test_fields is not None:
             check_data_support(summary, test_fields)
         # The data plate scales a batch to the full data set (so global and local terms
