@@ -262,8 +262,11 @@ def fit(
         check_data_support(summary, preview)
         frozen = frozen_parameters(schedule, summary)
         if getattr(elbo, "max_plate_nesting", None) == float("inf"):
-            # The contract check has counted the plates: TraceEnum_ELBO need not guess.
-            elbo.max_plate_nesting = summary.max_plate_nesting
+            # The contract check has counted the plates: Pyro's ELBOs need not guess (as
+            # they do for a finite value given at construction, one more for the plate of
+            # vectorized particles).
+            vectorized = getattr(elbo, "vectorize_particles", False)
+            elbo.max_plate_nesting = summary.max_plate_nesting + int(vectorized)
         if test_fields is not None:
             check_data_support(summary, test_fields)
         # The data plate scales a batch to the full data set (so global and local terms

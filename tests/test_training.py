@@ -188,3 +188,24 @@ def test_fit_accepts_a_mapping_of_fields_and_plain_functions(digits):
         **(SETTINGS | {"transform": None}),
     )
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("objective", ["elbo", "meanfield", "renyi"])
+def test_fit_with_vectorized_particles_of_pyro_objectives(digits, objective):
+    """fit hands Pyro's ELBOs the plate count of the contract check, one more for the
+    vectorized particles' plate (which Pyro puts at dim -max_plate_nesting)."""
+    train, test = digits
+    model, guide = tiny_vae()
+    result = fit(
+        model,
+        guide,
+        train.subset(range(100)),
+        test.subset(range(50)),
+        transform="dynamic",
+        objective=objective,
+        num_particles=3,
+        epochs=2,
+        batch_size=50,
+        progress=False,
+    )
+    assert all(math.isfinite(row["train_loss"]) for row in result.history)
