@@ -66,8 +66,11 @@ def _summarize(values: list[torch.Tensor]) -> SNRSummary:
 
 
 def _parameters(fn: Callable, kwargs: dict, role: str) -> dict[str, torch.Tensor]:
-    """The parameters ``fn`` uses: its Pyro param sites and, for an ``nn.Module``,
-    its own parameters not registered with Pyro."""
+    """The parameters ``fn`` uses: its Pyro param sites and, for an ``nn.Module`` (or a
+    wrapper of a module's ``forward``, as :func:`score_function` returns), its own
+    parameters not registered with Pyro. The module's own count because the param store
+    can hold other tensors under the same names (another module registered earlier with
+    the same ``pyro.module`` name), which ``fn`` then does not use."""
     with poutine.block():
         trace = poutine.trace(fn, param_only=True).get_trace(**kwargs)
     params = {
@@ -75,9 +78,11 @@ def _parameters(fn: Callable, kwargs: dict, role: str) -> dict[str, torch.Tensor
         for name, site in trace.nodes.items()
         if site["type"] == "param"
     }
-    if isinstance(fn, torch.nn.Module):
+    module = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__wrapped__", None)
+    module = getattr(module, "__self__", module)  # a bound forward's module
+    if isinstance(module, torch.nn.Module):
         known = {id(p) for p in params.values()}
-        for name, p in fn.named_parameters():
+        for name, p in module.named_parameters():
             if id(p) not in known:
                 params[f"{role}.{name}"] = p
     return {n: p for n, p in params.items() if p.requires_grad}

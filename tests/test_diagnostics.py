@@ -135,3 +135,16 @@ def test_gradient_snr_runs_objectives_without_a_differentiable_loss(linear_gauss
     elbo = pyro.infer.TraceGraph_ELBO(**NEST)
     snr = gradient_snr(model, score_function(guide, baseline), {"x": x[:5]}, elbo, num_repeats=5)
     assert snr.guide.num_elements > 0 and math.isfinite(snr.guide.mean)
+
+
+def test_score_function_guide_finds_its_module_behind_stale_param_store_entries(digits):
+    """A second encoder registered under the same Pyro name leaves the first one's tensors in
+    the param store; the wrapped guide's gradients still reach its own parameters."""
+    train, _ = digits
+    x = torch.bernoulli(train.x[:20], generator=torch.Generator().manual_seed(0))
+    elbo = pyro.infer.Trace_ELBO(**NEST)
+    stale_model, stale_guide = tiny_vae(seed=1)
+    gradient_snr(stale_model, stale_guide, {"x": x}, elbo, num_repeats=2)  # fills the store
+    model, guide = tiny_vae(seed=2)
+    snr = gradient_snr(model, score_function(guide), {"x": x}, elbo, num_repeats=4)
+    assert snr.guide.num_elements > 0 and math.isfinite(snr.guide.median)
