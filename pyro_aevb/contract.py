@@ -247,9 +247,17 @@ def check_pair(
                 f"{type(site['fn']).__name__} ({support}), e.g. {bad.flatten()[0].item():.4g}"
                 + support_hint(support)
             )
-        for field_name, tensor in batch.items():
-            if tensor.data_ptr() == value.data_ptr() and tensor.numel() == value.numel():
-                observed_fields[name] = (field_name, support)
+        # The field itself, or else the one field it is a view of (a sequence model
+        # observes x[:, t] at step t); then check_data_support checks the whole field.
+        exact = [
+            f
+            for f, t in batch.items()
+            if t.data_ptr() == value.data_ptr() and t.numel() == value.numel()
+        ]
+        views = [f for f, t in batch.items() if _same_storage(t, value)]
+        matched = exact or (views if len(views) == 1 else [])
+        if matched:
+            observed_fields[name] = (matched[0], support)
 
     all_dims = [
         f.dim
@@ -276,6 +284,13 @@ def check_pair(
         enumerated_guide_sites=list(enumerated_guide),
         guide_enumeration_size=math.prod(enumerated_guide.values()),
     )
+
+
+def _same_storage(field: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether an observed value is a data field or a view into it."""
+    if not isinstance(value, torch.Tensor) or value.device != field.device:
+        return False
+    return value.untyped_storage().data_ptr() == field.untyped_storage().data_ptr()
 
 
 def _param_names(trace) -> list[str]:

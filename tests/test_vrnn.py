@@ -16,7 +16,7 @@ from pyro_aevb.models.vrnn import VRNN, RowByRowGeneration
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from pyro_aevb import fit, importance_log_likelihood, plots
-from pyro_aevb.contract import check_pair
+from pyro_aevb.contract import ContractError, check_pair
 from pyro_aevb.data import load_digits
 from pyro_aevb.evaluation import elbo_per_datapoint, log_importance_weights
 
@@ -272,3 +272,14 @@ def test_bad_inputs_are_rejected_with_a_clear_message(rows, fields, message, rol
 def test_the_guide_needs_a_vrnn():
     with pytest.raises(ValueError, match="VRNN"):
         VRNNEncoder(torch.nn.Linear(2, 2))
+
+
+def test_grey_values_beyond_the_first_batch_are_refused_before_training(rows):
+    """Each step observes a view x[:, t] of the data field; the contract check follows the
+    view to the field, so every sequence is checked against the Bernoulli support."""
+    _, _, train, _ = rows
+    x = torch.bernoulli(train.x[:120], generator=torch.Generator().manual_seed(0))
+    x[110, 3, 2] = 0.5  # past the first batch of 50
+    model, guide = _pair()
+    with pytest.raises(ContractError, match=r"1 data point\(s\), first at index 110"):
+        fit(model, guide, {"x": x}, epochs=1, batch_size=50, progress=False)
