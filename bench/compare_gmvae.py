@@ -64,7 +64,7 @@ from pyro_aevb.steps import svi_step
 from pyro_aevb.training import _bind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_vae import environment  # noqa: E402  (a sibling script)
+from compare_vae import environment, time_step_variants  # noqa: E402  (sibling scripts)
 from plain_gmvae import (  # noqa: E402
     build_plain_gmvae,
     make_train_step,
@@ -109,7 +109,6 @@ QUICK = {
     "rounds": 2,
 }
 #: per-step time variants, in the order of the first timing round
-STEP_VARIANTS = ("ours", "pyro_svi", "plain")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -369,31 +368,10 @@ def time_steps(train, args) -> dict:
             plain_step(x_batch)
 
     runners = {"ours": ours_steps, "pyro_svi": svi_steps, "plain": plain_steps}
-    for run in runners.values():
-        run(args.warmup)
-    per_round: dict[str, list[float]] = {name: [] for name in runners}
-    for r in range(args.rounds):
-        # rotate the order so that no variant always runs first (or last) in a round
-        order = STEP_VARIANTS[r % 3 :] + STEP_VARIANTS[: r % 3]
-        for name in order:
-            t0 = time.perf_counter()
-            runners[name](args.timing_steps)
-            per_round[name].append(1e3 * (time.perf_counter() - t0) / args.timing_steps)
-    median = {name: statistics.median(ms) for name, ms in per_round.items()}
-    # Ratios within a round compare steps timed seconds apart, so a slow spell of the
-    # (shared, virtualized) machine cancels out; their median is the steadier ratio.
-    paired = {
-        name: statistics.median(a / b for a, b in zip(ms, per_round["plain"], strict=True))
-        for name, ms in per_round.items()
-        if name != "plain"
-    }
+    timing = time_step_variants(runners, args.warmup, args.rounds, args.timing_steps)
+    per_round, paired = timing["ms_per_step_per_round"], timing["ratio_over_plain_median_of_rounds"]
     return {
-        "ms_per_step_median": median,
-        "ms_per_step_min": {name: min(ms) for name, ms in per_round.items()},
-        "ms_per_step_per_round": per_round,
-        "ratio_ours_over_plain": median["ours"] / median["plain"],
-        "ratio_pyro_svi_over_plain": median["pyro_svi"] / median["plain"],
-        "ratio_over_plain_median_of_rounds": paired,
+        **timing,
         "ours_per_round_ratio_max": max(
             a / b for a, b in zip(per_round["ours"], per_round["plain"], strict=True)
         ),

@@ -72,7 +72,6 @@ QUICK = {
     "rounds": 2,
 }
 #: per-step time variants, in the order of the first timing round
-STEP_VARIANTS = ("ours", "pyro_svi", "plain")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -263,16 +262,36 @@ def time_steps(train, args) -> dict:
             plain_step(x_batch)
 
     runners = {"ours": ours_steps, "pyro_svi": svi_steps, "plain": plain_steps}
+    return {
+        **time_step_variants(runners, args.warmup, args.rounds, args.timing_steps),
+        "ours_step": "pyro_aevb.steps.svi_step (Trace_ELBO + pyro.optim.Adam, with the "
+        "library's finiteness check) on model and guide scaled by 1/N as fit does, inside a "
+        "param-store scope and full_data_size(N)",
+        "pyro_svi_step": "pyro.infer.SVI.step with the same Trace_ELBO and pyro.optim.Adam",
+        "plain_step": "zero_grad, forward, -mean ELBO, backward, torch.optim.Adam.step",
+        "batch_size": batch_size,
+        "full_data_size": n_train,
+        "warmup_steps": args.warmup,
+        "timed_steps_per_round": args.timing_steps,
+        "rounds": args.rounds,
+    }
+
+
+def time_step_variants(runners: dict, warmup: int, rounds: int, steps: int) -> dict:
+    """Time ``runners`` (name -> ``run(n)`` taking ``n`` training steps; ``plain`` among them)
+    in ``rounds`` rounds of ``steps`` steps each after ``warmup`` untimed steps, the order
+    rotating between rounds; ms per step, medians and the ratios to ``plain``."""
+    names = list(runners)
     for run in runners.values():
-        run(args.warmup)
-    per_round: dict[str, list[float]] = {name: [] for name in runners}
-    for r in range(args.rounds):
+        run(warmup)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
         # rotate the order so that no variant always runs first (or last) in a round
-        order = STEP_VARIANTS[r % 3 :] + STEP_VARIANTS[: r % 3]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             t0 = time.perf_counter()
-            runners[name](args.timing_steps)
-            per_round[name].append(1e3 * (time.perf_counter() - t0) / args.timing_steps)
+            runners[name](steps)
+            per_round[name].append(1e3 * (time.perf_counter() - t0) / steps)
     median = {name: statistics.median(ms) for name, ms in per_round.items()}
     # Ratios within a round compare steps timed seconds apart, so a slow spell of the
     # (shared, virtualized) machine cancels out; their median is the steadier ratio.
@@ -289,16 +308,6 @@ def time_steps(train, args) -> dict:
         "ratio_ours_over_plain": median["ours"] / median["plain"],
         "ratio_pyro_svi_over_plain": median["pyro_svi"] / median["plain"],
         "ratio_over_plain_median_of_rounds": paired,
-        "ours_step": "pyro_aevb.steps.svi_step (Trace_ELBO + pyro.optim.Adam, with the "
-        "library's finiteness check) on model and guide scaled by 1/N as fit does, inside a "
-        "param-store scope and full_data_size(N)",
-        "pyro_svi_step": "pyro.infer.SVI.step with the same Trace_ELBO and pyro.optim.Adam",
-        "plain_step": "zero_grad, forward, -mean ELBO, backward, torch.optim.Adam.step",
-        "batch_size": batch_size,
-        "full_data_size": n_train,
-        "warmup_steps": args.warmup,
-        "timed_steps_per_round": args.timing_steps,
-        "rounds": args.rounds,
     }
 
 
