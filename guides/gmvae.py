@@ -76,11 +76,6 @@ class GMVAEEncoder(nn.Module):
         """Set the Gumbel-softmax temperature for training step ``step`` (0-based)."""
         self.temperature = self.schedule.temperature(step)
 
-    def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """:math:`q(y \\mid x)` for a batch ``x`` ``(B, D)``: probabilities ``(B, C)``."""
-        check_flat_input(x, self.x_dim, type(self).__name__)
-        return self.cluster_logits(x).softmax(-1)
-
     def forward(self, x: torch.Tensor) -> None:
         check_flat_input(x, self.x_dim, type(self).__name__)
         pyro.module("gmvae_encoder", self)

@@ -46,6 +46,12 @@ from torch.distributions import constraints, kl_divergence, register_kl
 _RELAXED_CODES = constraints.independent(constraints.unit_interval, 1)
 
 
+def _argmax_mass(log_probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``log_probs`` at each code's largest coordinate, batch dims broadcast."""
+    log_probs, value = torch.broadcast_tensors(log_probs, value)
+    return log_probs.gather(-1, value.max(-1, keepdim=True)[1]).squeeze(-1)
+
+
 class GumbelMaxCategorical(dist.OneHotCategorical):
     """A one-hot categorical that also scores relaxed codes (points of the simplex).
 
@@ -60,8 +66,7 @@ class GumbelMaxCategorical(dist.OneHotCategorical):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        logits, value = torch.broadcast_tensors(self.logits, value)
-        return logits.gather(-1, value.max(-1, keepdim=True)[1]).squeeze(-1)
+        return _argmax_mass(self.logits, value)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(GumbelMaxCategorical, _instance)
@@ -81,8 +86,7 @@ class GumbelSoftmax(dist.RelaxedOneHotCategorical):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        log_probs, value = torch.broadcast_tensors(self.logits.log_softmax(-1), value)
-        return log_probs.gather(-1, value.max(-1, keepdim=True)[1]).squeeze(-1)
+        return _argmax_mass(self.logits.log_softmax(-1), value)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(GumbelSoftmax, _instance)
