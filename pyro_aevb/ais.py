@@ -545,7 +545,7 @@ class AISEvaluation:
             "ais_seconds": self.ais.seconds,
         }
         if self.log_evidence is not None:
-            out["test_log_evidence"] = float(self.log_evidence.mean())
+            out["ais_points_log_evidence"] = float(self.log_evidence.mean())
         return out
 
 
@@ -585,9 +585,7 @@ def simulate(
                 "observed sites each observe one data field with obs=<field>"
             )
         fields[field] = site["value"].detach()
-    latents = {
-        n: s["value"].detach() for n, s in trace.nodes.items() if is_latent_site(s)
-    }
+    latents = {n: s["value"].detach() for n, s in trace.nodes.items() if is_latent_site(s)}
     return fields, latents
 
 

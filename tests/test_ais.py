@@ -1,5 +1,6 @@
 """AIS and BDMC against closed forms: exact evidence, posterior guides, invariance of HMC."""
 
+import json
 import math
 
 import pyro
@@ -13,6 +14,7 @@ from torch.nn import functional as F
 
 from pyro_aevb import ais_log_likelihood, bdmc, data_plate, evaluate
 from pyro_aevb.ais import sigmoid_schedule
+from pyro_aevb.cli import main
 from pyro_aevb.hmc import AnnealedPoint, hmc_transition
 from tests.conftest import GaussianGuide
 
@@ -107,7 +109,12 @@ def test_ais_matches_conjugate_gaussian_evidence_from_the_prior(linear_gaussian)
     model, x = linear_gaussian
     x = x[:20]
     est = ais_log_likelihood(
-        model, GaussianGuide(model), {"x": x}, num_chains=32, num_steps=60, initial="prior",
+        model,
+        GaussianGuide(model),
+        {"x": x},
+        num_chains=32,
+        num_steps=60,
+        initial="prior",
         **FAST,
     )
     _check_calibrated(est, model.log_evidence(x))
@@ -317,9 +324,48 @@ def test_evaluate_dispatches_to_ais_with_estimator_named_keys():
     set_to_posterior(guide, model, shift=0.5)
     result = evaluate(model, guide, {"x": x}, method="ais", num_chains=4, num_steps=5, **FAST)
     metrics = result.metrics()
-    for key in ("test_log_likelihood_ais", "test_log_likelihood_ais_se", "ais_acceptance_mean",
-                "ais_steps", "ais_chains", "ais_ess_mean", "test_log_evidence"):
+    for key in (
+        "test_log_likelihood_ais",
+        "test_log_likelihood_ais_se",
+        "ais_acceptance_mean",
+        "ais_steps",
+        "ais_chains",
+        "ais_ess_mean",
+        "ais_points_log_evidence",
+    ):
         assert key in metrics, key
     assert metrics["ais_steps"] == 5 and metrics["ais_chains"] == 4
     with pytest.raises(ValueError, match="method"):
         evaluate(model, guide, {"x": x}, method="annealing")
+
+
+def test_cli_evaluate_ais_and_bdmc_end_to_end(tmp_path, capsys):
+    """fit fa, then evaluate --method ais and bdmc: numbers under estimator-named keys, the
+    importance-sampled keys kept, bdmc.json and both figures written."""
+    out = tmp_path / "fa"
+    fit_args = ["fit", "fa", "--epochs", "1", "--max-test", "100", "--eval-particles", "100"]
+    assert main([*fit_args, "--no-progress", "--out", str(out)]) == 0
+    before = json.loads((out / "metrics.json").read_text())
+    small = ["--ais-steps", "4", "--chains", "4", "--leapfrog", "2", "--points", "10"]
+    figure = ["--compare-steps", "2", "--compare-particles", "1,10"]
+    assert main(["evaluate", str(out), "--method", "ais", *small, *figure]) == 0
+    printed = capsys.readouterr().out
+    assert "AIS, T = 4" in printed and "timed on a pilot" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_log_likelihood"] == before["test_log_likelihood"]  # not clobbered
+    assert metrics["ais_steps"] == 4 and metrics["ais_chains"] == 4
+    assert metrics["ais_num_test_points"] == 10
+    assert [r["steps"] for r in metrics["ais_comparison"]["ais"]] == [2, 4]
+    assert [r["particles"] for r in metrics["ais_comparison"]["iwae"]] == [1, 10]
+    assert (out / "ais_vs_iwae.png").exists()
+
+    assert main(["bdmc", str(out), *small, *figure]) == 0
+    result = json.loads((out / "bdmc.json").read_text())
+    assert result["bdmc_points"] == 10 and result["bdmc_steps"] == 4
+    assert result["bdmc_gap"] == pytest.approx(result["bdmc_upper"] - result["bdmc_lower"])
+    assert "bdmc_log_evidence" in result and (out / "bdmc.png").exists()
+    assert "gap" in capsys.readouterr().out
+
+    # bad input: one paragraph on stderr, exit status 2, nothing written
+    assert main(["bdmc", str(out), "--points", "100000"]) == 2
+    assert "--points" in capsys.readouterr().err
