@@ -42,11 +42,12 @@ a^*))` after each transition, with :math:`\bar a` the mean acceptance probabilit
 the point's chains at that transition. Every transition leaves its :math:`\pi_\beta`
 invariant for the step size it uses, and that step size depends only on transitions
 already made, never on the move it is used for; the weights are computed as without
-adaptation (as Wu et al., 2017 do). Strictly, because the past it depends on includes
-the chains' current states, adaptation makes the estimator consistent rather than
-exactly unbiased (as adaptive SMC, Beskos et al., 2016); pass ``adapt=False`` for
-fixed step sizes (then the weights are exactly unbiased), or reuse a run's adapted
-step sizes. All results are in nats per data point.
+adaptation. Strictly, because that past includes the chains' current states, the
+estimator is then unbiased only as the number of chains grows (each chain's influence on
+the shared step size is ``1/C``), as for adaptive SMC (Beskos et al., 2016); pass
+``adapt=False`` for fixed step sizes, or give :func:`anneal` a per-transition schedule
+(such as a previous run's :attr:`AnnealingRun.step_sizes`), and the weights are exactly
+unbiased. All results are in nats per data point.
 """
 
 from __future__ import annotations

@@ -135,17 +135,22 @@ def test_one_step_is_importance_sampling_and_more_steps_close_the_gap():
 
 
 def test_bdmc_brackets_the_exact_evidence():
-    model, guide, x = _fa(n=10)
+    """Forward AIS is below the exact log p(x) per point (its chains are independent, so
+    their s.e. is a margin); the reverse chains of a point share one exact posterior start,
+    so the upper bound's margin is the spread over points: on average it is above."""
+    model, guide, x = _fa(n=20)
     set_to_posterior(guide, model, shift=0.7, scale=1.6)
     result = bdmc(model, guide, {"x": x}, num_steps=20, num_chains=16, **FAST)
     exact = result.log_evidence
     assert exact is not None and not torch.equal(result.data["x"], x)  # data were simulated
     assert bool((result.lower <= exact + 4 * result.lower_se + 1e-6).all())
-    assert bool((result.upper >= exact - 4 * result.upper_se - 1e-6).all())
-    assert float(result.lower.mean()) <= float(exact.mean()) <= float(result.upper.mean())
+    for bound, sign in ((result.lower, 1), (result.upper, -1)):
+        error = bound - exact
+        assert sign * float(error.mean()) <= 3 * float(error.std() / math.sqrt(error.numel()))
+    assert float(result.gap.mean()) > 0
     metrics = result.metrics()
     assert metrics["bdmc_gap"] == pytest.approx(float(result.gap.mean()))
-    assert metrics["bdmc_steps"] == 20 and metrics["bdmc_points"] == 10
+    assert metrics["bdmc_steps"] == 20 and metrics["bdmc_points"] == 20
 
 
 def test_bdmc_gap_shrinks_as_the_number_of_steps_grows():
