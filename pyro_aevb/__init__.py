@@ -8,6 +8,7 @@ Data flow: data (:mod:`pyro_aevb.data`) -> model/guide pair
 
 __version__ = "0.1.0"
 
+from .ais import AISEstimate, BDMCEstimate, ais_log_likelihood, bdmc
 from .contract import ContractError, check_pair
 from .evaluation import (
     Evaluation,
@@ -24,13 +25,17 @@ from .plate import data_plate, full_data_size
 from .training import DivergenceError, FitResult, NonFiniteLossError, TrainingStep, fit
 
 __all__ = [
+    "AISEstimate",
+    "BDMCEstimate",
     "ContractError",
     "DivergenceError",
     "Evaluation",
     "FitResult",
     "ImportanceEstimate",
     "NonFiniteLossError",
+    "ais_log_likelihood",
     "available_objectives",
+    "bdmc",
     "check_pair",
     "data_plate",
     "elbo_per_datapoint",

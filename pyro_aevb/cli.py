@@ -1,4 +1,4 @@
-"""The ``pyro-aevb`` command line: ``fit MODEL`` and ``evaluate RUN_DIR``."""
+"""The ``pyro-aevb`` command line: ``fit MODEL``, ``evaluate RUN_DIR`` and ``bdmc RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--particles", type=int, default=1000, help="importance samples (K)")
     e.add_argument("--device", help="override the run's device")
+    # AIS / BDMC (pyro_aevb.ais_runs): --method ais on evaluate, and the bdmc command
+    from .ais_runs import add_ais_arguments, add_bdmc_parser
+
+    add_ais_arguments(e)
+    add_bdmc_parser(sub)
     return parser
 
 
@@ -237,6 +242,11 @@ def _summary(metrics: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "bdmc" or getattr(args, "method", None) == "ais":
+            from .ais_runs import run_command
+
+            print(run_command(args))
+            return 0
         metrics = _fit(args) if args.command == "fit" else _evaluate(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, NotImplementedError) as e:
         print(f"pyro-aevb: error: {e}", file=sys.stderr)

@@ -390,9 +390,15 @@ def evaluate(
     device: torch.device | str | None = None,
     seed: int = 0,
     pareto: bool = True,
+    method: str = "importance",
+    **ais_options,
 ) -> Evaluation:
     """Test ELBO and importance-sampled log-likelihood of a pair on ``data``, and the
     exact log-evidence for models with a ``log_evidence`` method.
+
+    With ``method="ais"``, annealed importance sampling instead: returns a
+    :class:`pyro_aevb.ais.AISEvaluation`; ``ais_options`` (``num_chains``, ``num_steps``,
+    ``num_leapfrog``, ``initial``, ...) go to :func:`pyro_aevb.ais.ais_log_likelihood`.
 
     :param data: a :class:`Dataset` in the shape the pair reads (e.g. ``test.flat()``)
         or a mapping of fields.
@@ -405,7 +411,15 @@ def evaluate(
         modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
         params = [p for m in modules for p in m.parameters()]
         device = params[0].device if params else torch.device("cpu")
+    if method not in ("importance", "ais"):
+        raise ValueError(f"unknown evaluation method '{method}'; choose 'importance' or 'ais'")
+    if ais_options and method != "ais":
+        raise TypeError(f"options {sorted(ais_options)} apply to method='ais' only")
     fields = prepare_fields(data, transform, device)
+    if method == "ais":
+        from .ais import ais_evaluation
+
+        return ais_evaluation(model, guide, fields, seed=seed, **ais_options)
     elbo = elbo_per_datapoint(model, guide, fields, elbo_particles, batch_size, seed=seed)
     importance = importance_log_likelihood(
         model, guide, fields, num_particles, batch_size, pareto=pareto, seed=seed + 1
