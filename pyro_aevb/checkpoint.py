@@ -42,9 +42,66 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: empty, truncated, or not a checkpoint."""
+
+
+#: keys every checkpoint written by :func:`pyro_aevb.fit` holds
+REQUIRED_KEYS = ("epoch", "modules")
+
+
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`atomic_save` (tensors and plain data only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`atomic_save` (tensors and plain data only).
+
+    :raises FileNotFoundError: if there is no file at ``path``.
+    :raises CheckpointError: if the file is empty, truncated, garbage or lacks the
+        keys of a checkpoint, naming the file and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+
+    def damaged(reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path} is damaged ({reason}) and cannot be read. It was not written by an "
+            "interrupted run (checkpoints are replaced atomically), so it was changed or "
+            "truncated afterwards: restore it from a copy, or start the run afresh with "
+            "--overwrite (fit(..., overwrite=True))"
+        )
+
+    if path.stat().st_size == 0:
+        raise damaged("the file is empty")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise damaged(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(state, dict):
+        raise damaged(f"it holds a {type(state).__name__}, not a checkpoint dict")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise damaged(f"it lacks the checkpoint entries {missing}")
+    return state
+
+
+def stored_run_id(state: dict) -> str | None:
+    """The run id a checkpoint records (``run_metadata["run_id"]``), if any."""
+    metadata = state.get("run_metadata")
+    return metadata.get("run_id") if isinstance(metadata, dict) else None
+
+
+def stamp_run_metadata(path: str | os.PathLike, metadata: dict) -> None:
+    """Add ``run_metadata`` to the checkpoint at ``path`` (rewritten atomically).
+
+    Interim, until :func:`pyro_aevb.fit` stores ``run_metadata`` in every checkpoint it
+    writes itself.
+    """
+    state = load(path)
+    if state.get("run_metadata") == metadata:
+        return
+    state["run_metadata"] = dict(metadata)
+    atomic_save(state, path)
 
 
 def rng_state() -> dict:
