@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -69,12 +70,11 @@ def load(path: str | os.PathLike) -> dict:
             "--overwrite (fit(..., overwrite=True))"
         )
 
-    if path.stat().st_size == 0:
+    data = path.read_bytes()  # reading errors (permissions, I/O) surface here as they are
+    if not data:
         raise damaged("the file is empty")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
         raise damaged(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(state, dict):

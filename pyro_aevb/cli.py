@@ -331,7 +331,12 @@ def _message(e: BaseException, args, argv: list[str]) -> str:
     if isinstance(e, ImplausibleEstimateError):
         where = f" The checkpoint in {out} is kept; metrics.json was not written." if out else ""
         again = " Refit with a smaller --lr and --overwrite." if fit else ""
-        return f"{e}{where}{again}"
+        return (
+            "the evaluation gave impossible numbers, which are not a result: "
+            + "; ".join(e.problems)
+            + ". The parameters have most likely diverged numerically (a learning rate too "
+            f"large).{where}{again}"
+        )
     if isinstance(e, NonFiniteLossError):
         kept = (
             f" The last good checkpoint in {out} is kept: lower --lr and start afresh with "

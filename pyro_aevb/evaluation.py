@@ -400,9 +400,10 @@ class ImplausibleEstimateError(ValueError):
     """An estimate that mathematics rules out (see :meth:`Evaluation.problems`): a bug or
     a numerically diverged model, never a result. ``evaluation`` holds the numbers."""
 
-    def __init__(self, message: str, evaluation: Evaluation):
+    def __init__(self, message: str, evaluation: Evaluation, problems: list[str]):
         super().__init__(message)
         self.evaluation = evaluation
+        self.problems = problems
 
 
 #: how many standard errors an estimate may stray above a bound before it is refused
@@ -653,5 +654,6 @@ def evaluate(
             "(a learning rate too large), or the model's log-densities are wrong. Pass "
             "check=False to inspect them anyway.",
             evaluation,
+            problems,
         )
     return evaluation
