@@ -505,8 +505,7 @@ def prepare_fields(
     """Fields of a test set: checked, transformed once (stochastic transforms with the
     fixed test seed) and moved to ``device``.
 
-    A mapping may hold NumPy arrays (converted to tensors); float64 data are converted
-    to PyTorch's default dtype (float32), the dtype of the pair's parameters. Empty data,
+    A mapping may hold NumPy arrays (converted to tensors). Empty data,
     fields with different numbers of rows, non-finite values and non-integer labels are
     refused with a ``ValueError`` naming the field.
     """
@@ -547,10 +546,28 @@ def _as_tensor(value, name: str) -> torch.Tensor:
             f"test field '{name}' must be a torch.Tensor or a NumPy array, "
             f"got {type(value).__name__}"
         )
-    if value.dtype == torch.float64 and torch.get_default_dtype() != torch.float64:
-        # the pair's parameters are float32: a float64 batch fails inside the first layer
-        value = value.to(torch.get_default_dtype())
     return value
+
+
+def _pair_dtype(*modules) -> torch.dtype | None:
+    """The floating dtype of the pair's parameters and buffers (``None`` if it has none)."""
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for t in (*m.parameters(), *m.buffers()):
+                if t.is_floating_point():
+                    return t.dtype
+    return None
+
+
+def _match_dtype(fields: dict, *modules) -> dict:
+    """Floating fields in the pair's dtype: float64 data into a float32 network fail inside
+    the first layer with a raw dtype message; converting loses nothing the float32
+    parameters could use."""
+    dtype = _pair_dtype(*modules)
+    if dtype is None:
+        return fields
+    return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
+            for k, v in fields.items()}
 
 
 def _check_labels(model, fields: Mapping[str, torch.Tensor]) -> None:
@@ -590,7 +607,8 @@ def evaluate(
     :param data: a :class:`Dataset` in the shape the pair reads (e.g. ``test.flat()``)
         or a mapping of fields.
     :param transform: applied once to ``x`` (stochastic ones with the fixed test seed),
-        the same transform the pair was trained with.
+        the same transform the pair was trained with. NumPy arrays are accepted, and
+        floating data are converted to the dtype of the pair's parameters.
     :param num_particles: importance samples per data point for the log-likelihood.
     :param elbo_particles: samples per data point for the ELBO estimate.
     :param check: refuse estimates that mathematics rules out (above the exact evidence,
@@ -614,7 +632,7 @@ def evaluate(
         from .device import resolve_device
 
         device = resolve_device(device)
-    fields = prepare_fields(data, transform, device)
+    fields = _match_dtype(prepare_fields(data, transform, device), model, guide)
     _check_labels(model, fields)
     n = fields["x"].shape[0]
     check_memory(num_particles, batch_size, n, device)
