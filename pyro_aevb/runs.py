@@ -287,8 +287,7 @@ def _versions() -> dict:
     }
 
 
-def _check_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refusals that need no data and touch nothing."""
+def _check_parents(run_dir: Path) -> None:
     for parent in (run_dir, *run_dir.parents):
         if parent.exists():
             if not parent.is_dir():
@@ -296,9 +295,11 @@ def _check_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> None:
                     f"--out {run_dir}: {parent} is a file, not a folder; choose another --out"
                 )
             break
+
+
+def _check_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refusals that need no data and touch nothing."""
     checkpoint_path = run_dir / ckpt.CHECKPOINT_NAME
-    if resume and overwrite:
-        raise ValueError("--resume continues a run and --overwrite discards it: pass one")
     if resume and not checkpoint_path.exists():
         raise FileNotFoundError(
             f"--resume: no {ckpt.CHECKPOINT_NAME} in {run_dir}, so there is nothing to "
@@ -349,9 +350,12 @@ def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, 
     :returns: ``(run, fit_result, metrics)``.
     """
     run_dir = Path(run_dir)
-    _check_run_directory(run_dir, resume, overwrite)
+    _check_parents(run_dir)
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite discards it: pass one")
     created = not run_dir.exists()
     try:
+        # the lock first: a live fit in this directory is named before anything else
         with rundir.RunLock(run_dir):
             return _train_locked(config, run_dir, resume, overwrite, progress)
     finally:
@@ -361,11 +365,10 @@ def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, 
 
 
 def _train_locked(config, run_dir: Path, resume, overwrite, progress):
-    rundir.remove_orphan_temporaries(run_dir)
-    # again under the lock: a run that finished meanwhile must not be overwritten
     _check_run_directory(run_dir, resume, overwrite)
     stored = _resume_config(run_dir, config) if resume else None
     run = build_run(config)
+    rundir.remove_orphan_temporaries(run_dir)  # ours, left by a killed write
     rundir.check_writable(run_dir, "the run's files")
     run_id = (stored or {}).get("run_id") or rundir.new_run_id()
     config = dict(config, run_id=run_id, versions=_versions())
