@@ -580,6 +580,18 @@ def _check_labels(model, fields: Mapping[str, torch.Tensor]) -> None:
     check_labels(fields["y"], num_classes, "test labels")
 
 
+def require_per_datapoint(summary: PairSummary) -> None:
+    """Raise ``ValueError`` if the pair has latent sites outside the data plate, which
+    per-data-point evaluation (test ELBO, log-likelihood) cannot handle. :func:`fit`
+    with test data should call it after :func:`check_pair`, before the first step."""
+    if summary.global_latent_sites:
+        raise ValueError(
+            f"per-data-point evaluation needs every latent site inside the data plate, but "
+            f"{summary.global_latent_sites} are global; evaluate such models with a "
+            "joint (whole-batch) estimator instead, or fit without test data"
+        )
+
+
 def _is_discrete_likelihood(summary: PairSummary) -> bool:
     supports = [support for _, support in summary.observed_fields.values()]
     return bool(supports) and len(supports) == len(summary.observed_sites) and all(
@@ -640,12 +652,7 @@ def evaluate(
     # on a private stream: the caller's RNG and the estimates' draws stay as they were
     with isolated(seed, device), eval_mode(model, guide):
         summary = check_pair(model, guide, first, allow_model_enumeration=True)
-    if summary.global_latent_sites:
-        raise ValueError(
-            f"per-data-point evaluation needs every latent site inside the data plate, but "
-            f"{summary.global_latent_sites} are global; evaluate such models with a "
-            "joint (whole-batch) estimator instead"
-        )
+    require_per_datapoint(summary)
     elbo = elbo_per_datapoint(model, guide, fields, elbo_particles, batch_size, seed=seed)
     importance = importance_log_likelihood(
         model,

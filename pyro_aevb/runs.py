@@ -364,10 +364,48 @@ def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, 
                 run_dir.rmdir()  # only if the failed command left it empty
 
 
+#: bytes per activation of one row in a training step: float32 forward value, its
+#: gradient and the autograd graph's saved copy
+STEP_BYTES_PER_ACTIVATION = 12
+
+
+def step_memory_bytes(run: Run, config: dict) -> int:
+    """A rough estimate of one training step's memory: rows (particles x batch points,
+    times the values of an enumerated cluster) x activations per row (the widths of the
+    pair's linear layers and the data) x :data:`STEP_BYTES_PER_ACTIVATION`."""
+    widths = [
+        m.out_features
+        for module in (run.model, run.guide)
+        for m in module.modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
+    per_row = sum(widths) + run.train.num_features
+    enumerated = int(run.config["architecture"].get("num_clusters") or 1)
+    if config["objective"] != "enum":
+        enumerated = 1
+    rows = int(config["num_particles"]) * min(int(config["batch_size"]), len(run.train))
+    return STEP_BYTES_PER_ACTIVATION * rows * enumerated * per_row
+
+
+def _check_step_memory(run: Run, config: dict) -> None:
+    from .evaluation import available_memory_bytes
+
+    need = step_memory_bytes(run, config)
+    have = available_memory_bytes(resolve_device(config["device"]))
+    if have is not None and need > have:
+        raise MemoryError(
+            f"a training step with --particles {config['num_particles']} and --batch-size "
+            f"{config['batch_size']} needs about {need / 2**30:.1f} GiB (rough estimate: "
+            f"{config['num_particles']} x {config['batch_size']} rows through the networks) "
+            f"and {have / 2**30:.1f} GiB are available; use fewer particles or a smaller batch"
+        )
+
+
 def _train_locked(config, run_dir: Path, resume, overwrite, progress):
     _check_run_directory(run_dir, resume, overwrite)
     stored = _resume_config(run_dir, config) if resume else None
     run = build_run(config)
+    _check_step_memory(run, config)
     rundir.remove_orphan_temporaries(run_dir)  # ours, left by a killed write
     rundir.check_writable(run_dir, "the run's files")
     run_id = (stored or {}).get("run_id") or rundir.new_run_id()

@@ -144,6 +144,14 @@ def test_values_that_cannot_define_a_run(flag, value, message, tmp_path, capsys)
             folder=tmp_path / "r")  # fmt: skip
 
 
+def test_particles_that_cannot_fit_in_memory_say_how_much_they_need(run, tmp_path, capsys):
+    out = tmp_path / "r"
+    refused(capsys, ["fit", "vae", *TINY, "--particles", "10000000000", "--out", str(out)],
+            "training step", "GiB", "fewer particles", folder=out)  # fmt: skip
+    refused(capsys, ["evaluate", str(run), "--particles", "10000000000"], "GiB",
+            "fewer particles", folder=run)  # fmt: skip
+
+
 def test_evaluate_particles_must_be_positive(run, capsys):
     refused(capsys, ["evaluate", str(run), "--particles", "0"], "--particles", folder=run)
 
