@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import shlex
 import sys
@@ -214,25 +215,17 @@ def _evaluate(args) -> dict:
     args.resolved_out = str(run_dir)
     run = load_run(run_dir, device=args.device)
     target = Path(args.out) if args.out else run_dir / "metrics.json"
-    with rundir.RunLock(run_dir) if args.out is None else _nothing():
-        # checked before hours of computing, not after
-        target.parent.mkdir(parents=True, exist_ok=True)
-        rundir.check_writable(
-            target.parent, "metrics.json" + ("" if args.out else " (pass --out FILE instead)")
-        )
+    # checked before hours of computing, not after
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rundir.check_writable(
+        target.parent, "metrics.json" + ("" if args.out else " (pass --out FILE instead)")
+    )
+    with rundir.RunLock(run_dir) if args.out is None else contextlib.nullcontext():
         metrics = evaluate_run(
             run, run_dir, args.particles, metrics_path=target, progress=_progress(args)
         )
     print(f"run directory: {args.run_dir}")
     return metrics
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _summary(metrics: dict) -> str:
