@@ -77,6 +77,11 @@ def _read_lock(path: Path) -> dict:
         return {}  # half-written or unreadable: treated as an owner we cannot name
 
 
+#: lock files this process holds -> nesting depth (a lock is re-entrant within a process:
+#: the CLI holds it around ``fit``, which takes it again)
+_HELD: dict[str, int] = {}
+
+
 class RunLock:
     """Exclusive ownership of a run directory for the lifetime of a ``with`` block.
 
@@ -88,7 +93,9 @@ class RunLock:
       and older than ``stale_after`` seconds: the lock is stale and taken over.
 
     The file is removed on exit, on exceptions too. A ``SIGKILL`` leaves it behind, and
-    the next start recognises it as stale.
+    the next start recognises it as stale. Within one process the lock is re-entrant: a
+    nested ``RunLock`` of a directory this process already holds succeeds, and the file
+    goes when the outermost one exits.
     """
 
     def __init__(self, run_dir: str | os.PathLike, stale_after: float = 10.0):
@@ -125,11 +132,20 @@ class RunLock:
             return False  # another machine's process: we cannot tell, so respect it
         return not _process_alive(pid)
 
+    def _key(self) -> str:
+        return str(self.path.resolve())
+
     def acquire(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        key = self._key()
+        if _HELD.get(key) and _read_lock(self.path).get("pid") == os.getpid():
+            _HELD[key] += 1  # nested in this process (a forked child has another pid)
+            self._held = True
+            return self
         for _ in range(5):
             if self._try_create():
                 self._held = True
+                _HELD[key] = 1
                 return self
             owner = _read_lock(self.path)
             if not self._owner_is_stale(owner):
@@ -155,6 +171,11 @@ class RunLock:
         if not self._held:
             return
         self._held = False
+        key = self._key()
+        _HELD[key] = _HELD.get(key, 1) - 1
+        if _HELD[key] > 0:
+            return  # an outer RunLock of this process still holds it
+        del _HELD[key]
         # remove it only if it is still ours (never another process's lock)
         if _read_lock(self.path).get("pid") == os.getpid():
             with contextlib.suppress(FileNotFoundError):

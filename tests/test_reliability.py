@@ -404,14 +404,21 @@ def test_a_second_fit_into_a_locked_run_directory_is_refused(tmp_path, capsys):
     assert not (out / rundir.LOCK_NAME).exists()
 
 
-def test_lock_is_exclusive_and_released_on_exceptions(tmp_path):
+def test_lock_records_its_owner_is_reentrant_and_released_on_exceptions(tmp_path):
     with rundir.RunLock(tmp_path) as lock:
         owner = json.loads(lock.path.read_text())
         assert owner["pid"] == os.getpid()
-        # a second lock of a live owner (ourselves) is refused, naming the pid
-        with pytest.raises(rundir.RunLockedError, match=f"process {os.getpid()}"):
-            rundir.RunLock(tmp_path).acquire()
+        # the CLI holds the lock around fit, which takes it again: nested, not refused
+        with rundir.RunLock(tmp_path):
+            assert lock.path.exists()
+        assert lock.path.exists()  # the outer one still holds it
     assert not (tmp_path / rundir.LOCK_NAME).exists()
+    # a lock file of a live process that is not us is respected
+    lock_path = tmp_path / rundir.LOCK_NAME
+    lock_path.write_text(json.dumps({"pid": os.getppid()}))
+    with pytest.raises(rundir.RunLockedError, match=f"process {os.getppid()}"):
+        rundir.RunLock(tmp_path).acquire()
+    lock_path.unlink()
     with pytest.raises(ZeroDivisionError), rundir.RunLock(tmp_path):
         raise ZeroDivisionError
     assert not (tmp_path / rundir.LOCK_NAME).exists()
