@@ -221,6 +221,8 @@ def _evaluate(args) -> dict:
         target.parent, "metrics.json" + ("" if args.out else " (pass --out FILE instead)")
     )
     with rundir.RunLock(run_dir) if args.out is None else contextlib.nullcontext():
+        if args.out is None:
+            rundir.remove_orphan_temporaries(run_dir)  # under the lock: no live writer's
         metrics = evaluate_run(
             run, run_dir, args.particles, metrics_path=target, progress=_progress(args)
         )
