@@ -47,16 +47,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read: empty, truncated, or not a checkpoint."""
 
 
-#: keys every checkpoint written by :func:`pyro_aevb.fit` holds
-REQUIRED_KEYS = ("epoch", "modules")
-
-
 def load(path: str | os.PathLike) -> dict:
     """Load a checkpoint written by :func:`atomic_save` (tensors and plain data only).
 
     :raises FileNotFoundError: if there is no file at ``path``.
-    :raises CheckpointError: if the file is empty, truncated, garbage or lacks the
-        keys of a checkpoint, naming the file and what to do.
+    :raises CheckpointError: if the file is empty, truncated or garbage (not a dict),
+        naming the file and what to do.
     """
     path = Path(path)
     if not path.exists():
@@ -79,9 +75,6 @@ def load(path: str | os.PathLike) -> dict:
         raise damaged(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(state, dict):
         raise damaged(f"it holds a {type(state).__name__}, not a checkpoint dict")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise damaged(f"it lacks the checkpoint entries {missing}")
     return state
 
 

@@ -585,6 +585,11 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
             "resume it with 'pyro-aevb fit ... --resume' or start it again"
         )
     state = ckpt.load(checkpoint_path)
+    if "modules" not in state:
+        raise ckpt.CheckpointError(
+            f"{checkpoint_path} is damaged (it holds no module states): restore it from a "
+            "copy, or start the run afresh with --overwrite"
+        )
     _check_same_run(run_dir, config, state)
     if device is not None:
         config["device"] = device
