@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -42,9 +43,45 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: empty, truncated, or not a checkpoint."""
+
+
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`atomic_save` (tensors and plain data only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`atomic_save` (tensors and plain data only).
+
+    :raises FileNotFoundError: if there is no file at ``path``.
+    :raises CheckpointError: if the file is empty, truncated or garbage (not a dict),
+        naming the file and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+
+    def damaged(reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path} is damaged ({reason}) and cannot be read. It was not written by an "
+            "interrupted run (checkpoints are replaced atomically), so it was changed or "
+            "truncated afterwards: restore it from a copy, or start the run afresh with "
+            "--overwrite (fit(..., overwrite=True))"
+        )
+
+    data = path.read_bytes()  # reading errors (permissions, I/O) surface here as they are
+    if not data:
+        raise damaged("the file is empty")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise damaged(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(state, dict):
+        raise damaged(f"it holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def stored_run_id(state: dict) -> str | None:
+    """The run id a checkpoint records (``run_metadata["run_id"]``), if any."""
+    metadata = state.get("run_metadata")
+    return metadata.get("run_id") if isinstance(metadata, dict) else None
 
 
 def rng_state() -> dict:

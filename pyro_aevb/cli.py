@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from .data import DATASETS, TRANSFORMS
@@ -31,8 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-aevb", description="Fit and evaluate latent variable models with AEVB."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="show the full traceback when something fails"
+    )
 
-    f = sub.add_parser("fit", help="train a model/guide pair and write a run directory")
+    f = sub.add_parser(
+        "fit", parents=[common], help="train a model/guide pair and write a run directory"
+    )
     f.add_argument("model", choices=available_pairs(), help="the model/guide pair")
     f.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist-subset (bundled)")
     f.add_argument("--data-dir", help="folder with IDX files (fashion-mnist, mnist)")
@@ -133,12 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out")
     f.add_argument("--overwrite", action="store_true", help="start afresh over --out")
-    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    f.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (hidden anyway when stderr is not a terminal)",
+    )
 
-    e = sub.add_parser("evaluate", help="recompute metrics.json from a run's checkpoint")
+    e = sub.add_parser(
+        "evaluate", parents=[common], help="recompute metrics.json from a run's checkpoint"
+    )
     e.add_argument("run_dir")
     e.add_argument("--particles", type=int, default=1000, help="importance samples (K)")
     e.add_argument("--device", help="override the run's device")
+    e.add_argument(
+        "--out", help="write the metrics to this file instead of RUN_DIR/metrics.json"
+    )
+    e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     # AIS / BDMC (pyro_aevb.ais_runs): --method ais on evaluate, and the bdmc command
     from .ais_runs import add_ais_arguments, add_bdmc_parser
 
@@ -147,10 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _progress(args) -> bool:
+    """A bar only for a person at a terminal: redirected to a file, tqdm's carriage-return
+    updates would pile up into thousands of lines."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 #: parsed arguments that are not config keys as they are (the run's place and mode, and
 #: the objective, schedule and KL options that _fit gathers into dicts)
 _NOT_CONFIG = {
-    "command", "model", "out", "resume", "overwrite", "no_progress",
+    "command", "model", "out", "resume", "overwrite", "no_progress", "debug",
     "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup", "temperature",
 }
 
@@ -182,20 +208,35 @@ def _fit(args) -> dict:
         }
     config = resolve_config(args.model, overrides)
     out = args.out or f"runs/{args.model}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume and not (Path(out) / "checkpoint.pt").exists():
-        raise FileNotFoundError(f"--resume: no checkpoint.pt in {out}")
+    args.resolved_out = out  # for the messages of main's handlers
     _, result, metrics = train_run(
-        config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        config, out, resume=args.resume, overwrite=args.overwrite, progress=_progress(args)
     )
     print(f"run directory: {out}")
     return metrics
 
 
 def _evaluate(args) -> dict:
+    from . import rundir
     from .runs import evaluate_run, load_run
 
-    run = load_run(args.run_dir, device=args.device)
-    metrics = evaluate_run(run, Path(args.run_dir), args.particles)
+    if args.particles < 1:
+        raise ValueError(f"--particles must be a positive integer, got {args.particles}")
+    run_dir = Path(args.run_dir)
+    args.resolved_out = str(run_dir)
+    run = load_run(run_dir, device=args.device)
+    target = Path(args.out) if args.out else run_dir / "metrics.json"
+    # checked before hours of computing, not after
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rundir.check_writable(
+        target.parent, "metrics.json" + ("" if args.out else " (pass --out FILE instead)")
+    )
+    with rundir.RunLock(run_dir) if args.out is None else contextlib.nullcontext():
+        if args.out is None:
+            rundir.remove_orphan_temporaries(run_dir)  # under the lock: no live writer's
+        metrics = evaluate_run(
+            run, run_dir, args.particles, metrics_path=target, progress=_progress(args)
+        )
     print(f"run directory: {args.run_dir}")
     return metrics
 
@@ -206,7 +247,8 @@ def _summary(metrics: dict) -> str:
         f"test log-likelihood  {metrics['test_log_likelihood']:9.2f} +- "
         f"{metrics['test_log_likelihood_se']:.2f} nats "
         f"(K = {metrics['log_likelihood_particles']} importance samples)",
-        f"ESS mean             {metrics['ess_mean']:9.1f}",
+        f"ESS mean             {metrics['ess_mean']:9.1f} "
+        f"(effective samples of the K, per data point)",
     ]
     if "test_log_evidence" in metrics:
         lines.append(
@@ -236,11 +278,105 @@ def _summary(metrics: dict) -> str:
             f"training             {metrics['train_seconds']:9.1f} s "
             f"({metrics['epochs_completed']} epochs)"
         )
+    n = metrics.get("num_test_points")
+    lines.append(
+        "All values are nats per data point, means over the "
+        + (f"{n} " if n else "")
+        + "test points; +- is the standard error of that mean over the test points."
+    )
+    if metrics.get("pareto_k_fraction_above_0.7", 0) > 0.5:
+        lines.append(
+            f"WARNING: k-hat exceeds 0.7 for most test points "
+            f"({100 * metrics['pareto_k_fraction_above_0.7']:.0f}%): the importance weights are "
+            "too heavy-tailed, so the log-likelihood is an unreliable lower bound that may lie "
+            "far below log p(x); more particles or a better guide are needed to trust it."
+        )
+    for problem in metrics.get("problems", []):
+        lines.append(f"WARNING: {problem}")
     return "\n".join(lines)
 
 
+def _resume_command(argv: list[str], out: str) -> str:
+    words = list(argv)
+    if "--out" not in words:
+        words += ["--out", out]
+    words = [w for w in words if w != "--overwrite"]
+    if "--resume" not in words:
+        words.append("--resume")
+    return "pyro-aevb " + shlex.join(words)
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EDQUOT: "the disk quota is exhausted",
+}
+
+
+def _message(e: BaseException, args, argv: list[str]) -> str:
+    """One paragraph saying what went wrong and what to do."""
+    from .checkpoint import CHECKPOINT_NAME
+    from .evaluation import ImplausibleEstimateError
+    from .training import NonFiniteLossError
+
+    out = getattr(args, "resolved_out", None)
+    has_checkpoint = out is not None and (Path(out) / CHECKPOINT_NAME).exists()
+    fit = args.command == "fit"
+    if isinstance(e, KeyboardInterrupt):
+        if fit and has_checkpoint:
+            return (
+                f"interrupted. The last finished epoch is saved in {out}; continue the run "
+                f"with: {_resume_command(argv, out)}"
+            )
+        if fit:
+            return "interrupted before the first epoch finished; nothing was saved"
+        return "interrupted; metrics.json was not changed"
+    if isinstance(e, ImplausibleEstimateError):
+        where = f" The checkpoint in {out} is kept; metrics.json was not written." if out else ""
+        again = " Refit with a smaller --lr and --overwrite." if fit else ""
+        return (
+            "the evaluation gave impossible numbers, which are not a result: "
+            + "; ".join(e.problems)
+            + ". The parameters have most likely diverged numerically (a learning rate too "
+            f"large).{where}{again}"
+        )
+    if isinstance(e, NonFiniteLossError):
+        kept = (
+            f" The last good checkpoint in {out} is kept: lower --lr and start afresh with "
+            "--overwrite, or look into the data and model"
+            if has_checkpoint
+            else " Nothing was saved: lower --lr or look into the data and model"
+        )
+        return f"training diverged: {e}.{kept}."
+    if isinstance(e, MemoryError):
+        return str(e) or "out of memory; use fewer particles or a smaller batch size"
+    if isinstance(e, OSError):
+        if e.filename is not None:
+            text = f"{_OS_REASONS.get(e.errno, e.strerror)}: {e.filename}"
+        else:
+            text = e.strerror if e.strerror is not None else str(e)
+        if fit and has_checkpoint and not isinstance(e, (FileNotFoundError, FileExistsError)):
+            text += (
+                f". The last checkpoint in {out} is intact; once fixed, continue with: "
+                f"{_resume_command(argv, out)}"
+            )
+        return text
+    if isinstance(e, (ValueError, RuntimeError, NotImplementedError)):
+        return str(e)
+    return (
+        f"unexpected {type(e).__name__}: {e}. Rerun with --debug to see the traceback, and "
+        "please report it"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from .runs import ResultsNotSavedError
+
     try:
         if args.command == "bdmc" or getattr(args, "method", None) == "ais":
             from .ais_runs import run_command
@@ -248,9 +384,17 @@ def main(argv: list[str] | None = None) -> int:
             print(run_command(args))
             return 0
         metrics = _fit(args) if args.command == "fit" else _evaluate(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, NotImplementedError) as e:
-        print(f"pyro-aevb: error: {e}", file=sys.stderr)
+    except ResultsNotSavedError as e:
+        print(_summary(e.metrics))  # computed numbers are never lost
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"pyro-aevb: error: {e.args[1] if len(e.args) > 1 else e}", file=sys.stderr)
         return 2
+    except (Exception, KeyboardInterrupt) as e:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"pyro-aevb: error: {_message(e, args, argv)}", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 2
     print(_summary(metrics))
     return 0
 

@@ -40,7 +40,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from .contract import PairSummary, call_arguments, check_pair, is_latent_site
-from .data.dataset import Dataset
+from .data.dataset import Dataset, check_labels, validate_array
 from .data.transforms import Transform, get_transform, transform_test_set
 from .particles import log_prob_per_datapoint
 
@@ -199,6 +199,69 @@ def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
     return np.asarray(k_hat, dtype=np.float64).reshape(-1)
 
 
+def _positive_int(value, name: str) -> int:
+    """``value`` as an ``int`` >= 1, or a ``ValueError`` naming ``name`` (bools,
+    floats with a fraction and strings are refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+#: bytes of memory per kept importance weight of one batch: float32 log-weights and ELBO
+#: terms, their float64 concatenation, the softmax for the ESS and ArviZ's float64
+#: copies for PSIS (measured peak about 60 bytes; rounded up)
+BYTES_PER_WEIGHT = 64
+
+
+def evaluation_memory_bytes(num_particles: int, batch_size: int, num_points: int) -> int:
+    """Memory an evaluation needs for the weights of one batch, ``K * B`` of them
+    (see :data:`BYTES_PER_WEIGHT`), besides one forward pass of :data:`MAX_ROWS` rows."""
+    return BYTES_PER_WEIGHT * int(num_particles) * min(int(batch_size), int(num_points))
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory where the weights live: ``MemAvailable`` of the host for the CPU,
+    the device's free memory for CUDA; ``None`` where it cannot be read."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # no driver query available: do not guess
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(num_particles: int, batch_size: int, num_points: int, device) -> None:
+    """Refuse an evaluation whose weights cannot fit, before drawing any, saying how much
+    memory it needs and what to lower."""
+    need = evaluation_memory_bytes(num_particles, batch_size, num_points)
+    have = available_memory_bytes(torch.device(device))
+    if have is not None and need > have:
+        raise MemoryError(
+            f"evaluating with num_particles={num_particles} needs about {need / 2**30:.1f} GiB "
+            f"for the {num_particles} x {min(batch_size, num_points)} importance weights of "
+            f"one batch, and {have / 2**30:.1f} GiB are available on {device}; use fewer "
+            "particles (--particles / --eval-particles) or a smaller batch_size"
+        )
+
+
 @torch.no_grad()
 def importance_log_likelihood(
     model: Callable,
@@ -210,6 +273,7 @@ def importance_log_likelihood(
     pareto: bool = True,
     seed: int | None = 0,
     summary: PairSummary | None = None,
+    progress: bool = False,
 ) -> ImportanceEstimate:
     r"""Importance-sampled :math:`\log p(x_i)` with the guide as proposal, per data point.
 
@@ -225,16 +289,20 @@ def importance_log_likelihood(
         kept for the ESS and PSIS.
     :param pareto: also compute PSIS :math:`\hat k` (ArviZ), when ``K >= 100``.
     :param seed: seed of a private RNG stream (``None``: use the global one).
+    :param progress: show a tqdm bar over the batches of data points.
     :returns: an :class:`ImportanceEstimate`; its means over data points are the
         test log-likelihood and test ELBO in nats per data point.
     """
-    if int(num_particles) < 1:
-        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    num_particles = _positive_int(num_particles, "num_particles")
+    batch_size = _positive_int(batch_size, "batch_size")
     device = next(iter(fields.values())).device
     chunk = particle_chunk or max(1, MAX_ROWS // batch_size)
     out = {"ll": [], "elbo": [], "ess": [], "k": []}
-    with isolated(seed, device), eval_mode(model, guide):
+    n = next(iter(fields.values())).shape[0]
+    bar = _progress_bar(progress, math.ceil(n / batch_size), f"log-likelihood (K={num_particles})")
+    with isolated(seed, device), eval_mode(model, guide), bar:
         for batch in _batches(fields, batch_size, device):
+            bar.update(1)
             if summary is None:
                 summary = check_pair(model, guide, batch, allow_model_enumeration=True)
             parts = []
@@ -328,6 +396,20 @@ def label_usage(
     return out
 
 
+class ImplausibleEstimateError(ValueError):
+    """An estimate that mathematics rules out (see :meth:`Evaluation.problems`): a bug or
+    a numerically diverged model, never a result. ``evaluation`` holds the numbers."""
+
+    def __init__(self, message: str, evaluation: Evaluation, problems: list[str]):
+        super().__init__(message)
+        self.evaluation = evaluation
+        self.problems = problems
+
+
+#: how many standard errors an estimate may stray above a bound before it is refused
+BOUND_SLACK_SE = 4.0
+
+
 @dataclass
 class Evaluation:
     """Test metrics of a pair; :meth:`metrics` gives the summary written to ``metrics.json``."""
@@ -336,6 +418,56 @@ class Evaluation:
     importance: ImportanceEstimate
     #: closed-form log-evidence per data point, for models that have one
     log_evidence: torch.Tensor | None = None
+    #: whether every observed site has a discrete distribution (Bernoulli, categorical):
+    #: then p(x) <= 1, so log p(x) <= 0 for every data point
+    discrete_likelihood: bool = False
+
+    def problems(self) -> list[str]:
+        r"""What the estimates violate, in words; empty when they are plausible.
+
+        Both the ELBO and the importance-sampled estimate are stochastic *lower* bounds
+        of :math:`\log p(x)`: :math:`\mathbb{E}[\log \hat p_K(x)] \le \log p(x)`
+        (Jensen; Burda et al., 2016). Their mean over test points may therefore exceed
+        the mean exact evidence only by sampling noise, judged by the standard error of
+        the per-point differences (:data:`BOUND_SLACK_SE` of them, plus float32
+        round-off). For a discrete likelihood :math:`p(x) \le 1`, so the bound is 0.
+        Non-finite means are refused too.
+        """
+        out = []
+        n = self.elbo.numel()
+        estimates = {
+            "test ELBO": self.elbo.double(),
+            "importance-sampled log-likelihood": self.importance.log_likelihood.double(),
+        }
+        for name, values in estimates.items():
+            if not bool(torch.isfinite(values).all()):
+                bad = int((~torch.isfinite(values)).sum())
+                out.append(f"the {name} is not finite for {bad} of {n} test points")
+        if out:
+            return out
+
+        def above(values: torch.Tensor, bound: torch.Tensor, bound_name: str, name: str):
+            diff = values - bound
+            se = float(diff.std() / math.sqrt(n)) if n > 1 else 0.0
+            # float32 log-densities summed over D dimensions carry a relative round-off
+            tolerance = BOUND_SLACK_SE * se + 1e-3 + 1e-5 * float(bound.abs().mean())
+            excess = float(diff.mean())
+            if excess > tolerance:
+                ses = f"{excess / se:.3g} standard errors" if se > 0 else "with no noise"
+                out.append(
+                    f"the {name} ({float(values.mean()):.6g} nats per data point) is above "
+                    f"{bound_name} ({float(bound.mean()):.6g}) by {excess:.3g} nats, {ses}, "
+                    "which a lower bound of log p(x) cannot be"
+                )
+
+        for name, values in estimates.items():
+            if self.log_evidence is not None:
+                evidence = self.log_evidence.double().to(values.device)
+                above(values, evidence, "the exact log-evidence", name)
+            if self.discrete_likelihood:
+                above(values, torch.zeros_like(values), "0, the most log p(x) can be for a "
+                      "discrete likelihood,", name)
+        return out
 
     def metrics(self) -> dict:
         """Means over data points (nats per data point) with their standard errors."""
@@ -358,6 +490,10 @@ class Evaluation:
         if self.log_evidence is not None:
             out["test_log_evidence"] = float(self.log_evidence.mean())
             out["test_log_evidence_se"] = se(self.log_evidence)
+        problems = self.problems()
+        if problems:
+            # an API user who built or kept an Evaluation by hand sees it in the numbers too
+            out["problems"] = problems
         return out
 
 
@@ -366,17 +502,101 @@ def prepare_fields(
     transform: Transform | str | None,
     device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Fields of a test set: transformed once (stochastic transforms with the fixed test
-    seed) and moved to ``device``."""
+    """Fields of a test set: checked, transformed once (stochastic transforms with the
+    fixed test seed) and moved to ``device``.
+
+    A mapping may hold NumPy arrays (converted to tensors). Empty data,
+    fields with different numbers of rows, non-finite values and non-integer labels are
+    refused with a ``ValueError`` naming the field.
+    """
     if isinstance(data, Dataset):
         fields = data.fields()
-        if transform is not None:
-            fields["x"] = transform_test_set(fields["x"], get_transform(transform), data.levels)
+        levels = data.levels
+    elif isinstance(data, Mapping):
+        fields = {k: _as_tensor(v, k) for k, v in data.items()}
+        levels = None
+        if "x" not in fields:
+            raise ValueError(f"the test data need an 'x' field, got fields {sorted(fields)}")
+        validate_array(fields["x"], "x")
+        n = fields["x"].shape[0]
+        for k, v in fields.items():
+            if v.dim() == 0 or v.shape[0] != n:
+                raise ValueError(
+                    f"test field '{k}' has {v.shape[0] if v.dim() else 0} rows but 'x' has {n}"
+                )
+        if "y" in fields and fields["y"].is_floating_point():
+            raise ValueError(
+                f"test labels 'y' must be integers, got dtype {fields['y'].dtype}; "
+                "convert them with y.long()"
+            )
     else:
-        fields = dict(data)
-        if transform is not None:
-            fields["x"] = transform_test_set(fields["x"], get_transform(transform), None)
+        raise ValueError(
+            f"data must be a pyro_aevb Dataset or a mapping of fields, got {type(data).__name__}"
+        )
+    if transform is not None:
+        fields["x"] = transform_test_set(fields["x"], get_transform(transform), levels)
     return {k: v.to(device) if device is not None else v for k, v in fields.items()}
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(
+            f"test field '{name}' must be a torch.Tensor or a NumPy array, "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+def _pair_dtype(*modules) -> torch.dtype | None:
+    """The floating dtype of the pair's parameters and buffers (``None`` if it has none)."""
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for t in (*m.parameters(), *m.buffers()):
+                if t.is_floating_point():
+                    return t.dtype
+    return None
+
+
+def _match_dtype(fields: dict, *modules) -> dict:
+    """Floating fields in the pair's dtype: float64 data into a float32 network fail inside
+    the first layer with a raw dtype message; converting loses nothing the float32
+    parameters could use."""
+    dtype = _pair_dtype(*modules)
+    if dtype is None:
+        return fields
+    return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
+            for k, v in fields.items()}
+
+
+def _check_labels(model, fields: Mapping[str, torch.Tensor]) -> None:
+    """Labels the model reads must lie in ``0 .. model.num_classes - 1``."""
+    num_classes = getattr(model, "num_classes", None)
+    if "y" not in fields or not isinstance(num_classes, int):
+        return
+    if "y" not in call_arguments(model, fields, "model"):
+        return
+    check_labels(fields["y"], num_classes, "test labels")
+
+
+def require_per_datapoint(summary: PairSummary) -> None:
+    """Raise ``ValueError`` if the pair has latent sites outside the data plate, which
+    per-data-point evaluation (test ELBO, log-likelihood) cannot handle. :func:`fit`
+    with test data should call it after :func:`check_pair`, before the first step."""
+    if summary.global_latent_sites:
+        raise ValueError(
+            f"per-data-point evaluation needs every latent site inside the data plate, but "
+            f"{summary.global_latent_sites} are global; evaluate such models with a "
+            "joint (whole-batch) estimator instead, or fit without test data"
+        )
+
+
+def _is_discrete_likelihood(summary: PairSummary) -> bool:
+    supports = [support for _, support in summary.observed_fields.values()]
+    return bool(supports) and len(supports) == len(summary.observed_sites) and all(
+        getattr(s, "is_discrete", False) for s in supports
+    )
 
 
 def evaluate(
@@ -390,6 +610,8 @@ def evaluate(
     device: torch.device | str | None = None,
     seed: int = 0,
     pareto: bool = True,
+    check: bool = True,
+    progress: bool = False,
     method: str = "importance",
     **ais_options,
 ) -> Evaluation:
@@ -403,27 +625,74 @@ def evaluate(
     :param data: a :class:`Dataset` in the shape the pair reads (e.g. ``test.flat()``)
         or a mapping of fields.
     :param transform: applied once to ``x`` (stochastic ones with the fixed test seed),
-        the same transform the pair was trained with.
+        the same transform the pair was trained with. NumPy arrays are accepted, and
+        floating data are converted to the dtype of the pair's parameters.
     :param num_particles: importance samples per data point for the log-likelihood.
     :param elbo_particles: samples per data point for the ELBO estimate.
+    :param check: refuse estimates that mathematics rules out (above the exact evidence,
+        above 0 for a discrete likelihood, non-finite) with
+        :class:`ImplausibleEstimateError`; see :meth:`Evaluation.problems`.
+    :param progress: show a progress bar over the batches.
+    :raises ValueError: for bad arguments or data, before any work.
+    :raises MemoryError: when the importance weights of one batch cannot fit in memory
+        (:func:`check_memory`), before any work.
     """
+    num_particles = _positive_int(num_particles, "num_particles")
+    elbo_particles = _positive_int(elbo_particles, "elbo_particles")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     if device is None:
         modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
         params = [p for m in modules for p in m.parameters()]
         device = params[0].device if params else torch.device("cpu")
+    else:
+        from .device import resolve_device
+
+        device = resolve_device(device)
     if method not in ("importance", "ais"):
         raise ValueError(f"unknown evaluation method '{method}'; choose 'importance' or 'ais'")
     if ais_options and method != "ais":
         raise TypeError(f"options {sorted(ais_options)} apply to method='ais' only")
-    fields = prepare_fields(data, transform, device)
+    fields = _match_dtype(prepare_fields(data, transform, device), model, guide)
     if method == "ais":
         from .ais import ais_evaluation
 
         return ais_evaluation(model, guide, fields, seed=seed, **ais_options)
+    _check_labels(model, fields)
+    n = fields["x"].shape[0]
+    check_memory(num_particles, batch_size, n, device)
+    first = {k: v[:batch_size] for k, v in fields.items()}
+    # on a private stream: the caller's RNG and the estimates' draws stay as they were
+    with isolated(seed, device), eval_mode(model, guide):
+        summary = check_pair(model, guide, first, allow_model_enumeration=True)
+    require_per_datapoint(summary)
     elbo = elbo_per_datapoint(model, guide, fields, elbo_particles, batch_size, seed=seed)
     importance = importance_log_likelihood(
-        model, guide, fields, num_particles, batch_size, pareto=pareto, seed=seed + 1
+        model,
+        guide,
+        fields,
+        num_particles,
+        batch_size,
+        pareto=pareto,
+        seed=seed + 1,
+        progress=progress,
     )
-    return Evaluation(
-        elbo=elbo, importance=importance, log_evidence=exact_log_evidence(model, fields)
+    evaluation = Evaluation(
+        elbo=elbo,
+        importance=importance,
+        log_evidence=exact_log_evidence(model, fields),
+        discrete_likelihood=_is_discrete_likelihood(summary),
     )
+    problems = evaluation.problems() if check else []
+    if problems:
+        raise ImplausibleEstimateError(
+            "the evaluation gave impossible numbers: "
+            + "; ".join(problems)
+            + ". This is not a result: the parameters have most likely diverged numerically "
+            "(a learning rate too large), or the model's log-densities are wrong. Pass "
+            "check=False to inspect them anyway.",
+            evaluation,
+            problems,
+        )
+    return evaluation

@@ -201,6 +201,26 @@ def predictive_check(data: torch.Tensor, generated: torch.Tensor, axes=None):
     return axes[0].figure
 
 
+def spread_over_classes(labels: torch.Tensor | None, n: int, total: int) -> torch.Tensor:
+    """Indices of ``n`` of ``total`` data points that cycle through the classes.
+
+    With labels, the j-th pick is the next unused point of class ``j mod C`` (in
+    order of appearance), so 30 picks of ten classes show three of each; classes with
+    too few points are skipped. Without labels, ``n`` evenly spaced points.
+    """
+    n = min(n, total)
+    if labels is None:
+        return torch.linspace(0, total - 1, n).round().long().unique()
+    labels = labels.reshape(total, -1)[:, 0] if labels.dim() > 1 else labels
+    queues = [(labels == c).nonzero().flatten().tolist() for c in labels.unique().tolist()]
+    picks = []
+    while len(picks) < n and any(queues):
+        for queue in queues:
+            if queue and len(picks) < n:
+                picks.append(queue.pop(0))
+    return torch.tensor(picks, dtype=torch.long)
+
+
 def reconstructions_figure(
     originals: torch.Tensor, reconstructions: torch.Tensor, image_shape, ncols: int = 10
 ):

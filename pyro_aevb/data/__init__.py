@@ -1,6 +1,6 @@
 """Data: built-in data sets, transforms to a likelihood's support, and splits."""
 
-from .dataset import Dataset, seeded_split, validate_array
+from .dataset import Dataset, check_labels, seeded_split, validate_array
 from .loaders import (
     DATASETS,
     DEBIAN_FASHION_MNIST,
@@ -42,6 +42,7 @@ __all__ = [
     "Identity",
     "ThresholdBinarization",
     "Transform",
+    "check_labels",
     "get_transform",
     "load_dataset",
     "load_digits",

@@ -38,6 +38,12 @@ class Dataset:
                 )
             if self.y.dtype != torch.int64:
                 raise ValueError(f"{self.name}: labels must be int64, got {self.y.dtype}")
+            if self.y.numel() and int(self.y.min()) < 0:
+                first = int((self.y < 0).nonzero()[0])
+                raise ValueError(
+                    f"{self.name}: labels must be class indices >= 0, but label "
+                    f"{int(self.y[first])} is at index {first}"
+                )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -87,6 +93,20 @@ def validate_array(x: torch.Tensor, name: str) -> None:
         raise ValueError(
             f"'{name}' contains NaN or infinite values in {bad.numel()} data point(s), "
             f"first at index {bad[0].item()}"
+        )
+
+
+def check_labels(y: torch.Tensor, num_classes: int, name: str = "labels") -> None:
+    """Raise ``ValueError`` unless every label in ``y`` is in ``0 .. num_classes - 1``,
+    naming how many are not and the first one's index. Checks all of ``y``, not one
+    batch: a label out of range deep in the data would otherwise fail mid-training."""
+    bad = ((y < 0) | (y >= num_classes)).reshape(y.shape[0], -1).any(-1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{name} must lie in 0..{num_classes - 1} (the model has {num_classes} classes), "
+            f"but {int(bad.sum())} data point(s) have others, first at index {first} "
+            f"(label {y[first].tolist()})"
         )
 
 

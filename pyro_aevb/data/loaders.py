@@ -166,8 +166,25 @@ DATASETS = {
 }
 
 
+#: data sets read from files, the only ones a ``data_dir`` applies to
+DATA_DIR_DATASETS = frozenset({"fashion-mnist", "mnist"})
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None):
     """``(train, test)`` for a registered data set name (see :data:`DATASETS`)."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set '{name}'; choose one of {sorted(DATASETS)}")
+    if data_dir is not None:
+        if name not in DATA_DIR_DATASETS:
+            raise ValueError(
+                f"--data-dir / data_dir applies to {sorted(DATA_DIR_DATASETS)}, not to "
+                f"'{name}', which needs no files"
+            )
+        if not Path(data_dir).is_dir():
+            what = "is not a folder" if Path(data_dir).exists() else "does not exist"
+            raise FileNotFoundError(
+                f"--data-dir {data_dir} {what}; pass the folder that holds the four IDX "
+                f"files of {name} (train-images-idx3-ubyte[.gz], ...), or leave --data-dir "
+                "out to use the system copy or a torchvision download"
+            )
     return DATASETS[name](data_dir=data_dir)

@@ -31,12 +31,26 @@ class Transform:
         return f"{type(self).__name__}()"
 
 
+def check_unit_interval(x: torch.Tensor, transform: Transform) -> None:
+    """Raise ``ValueError`` unless ``x`` lies in ``[0, 1]``: binarizations and
+    dequantization read it as intensities scaled to ``[0, 1]`` (raw 0..255 pixels would
+    be all ones under a threshold of 0.5, and are no Bernoulli probabilities)."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        hint = " (8-bit pixels? divide by 255)" if hi > 1 and hi <= 255 and lo >= 0 else ""
+        raise ValueError(
+            f"{transform!r} expects intensities in [0, 1], but the data range over "
+            f"[{lo:g}, {hi:g}]{hint}; rescale them to [0, 1] first"
+        )
+
+
 class DynamicBinarization(Transform):
     """``x_bin ~ Bernoulli(x)``, a fresh draw every epoch (Salakhutdinov & Murray, 2008)."""
 
     resample_each_epoch = True
 
     def __call__(self, x, generator=None, levels=None):
+        check_unit_interval(x, self)
         return torch.bernoulli(x, generator=generator)
 
 
@@ -47,6 +61,7 @@ class FixedBinarization(Transform):
         self.seed = seed
 
     def __call__(self, x, generator=None, levels=None):
+        check_unit_interval(x, self)
         g = torch.Generator(device=x.device).manual_seed(self.seed)
         return torch.bernoulli(x, generator=g)
 
@@ -61,6 +76,7 @@ class ThresholdBinarization(Transform):
         self.threshold = threshold
 
     def __call__(self, x, generator=None, levels=None):
+        check_unit_interval(x, self)
         return (x > self.threshold).to(x.dtype)
 
     def __repr__(self):
@@ -84,6 +100,7 @@ class Dequantization(Transform):
                 "dequantization needs the number of intensity levels of the raw data; "
                 "this data set is already continuous (use Identity)"
             )
+        check_unit_interval(x, self)
         k = torch.round(x * (levels - 1))
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (k + u) / levels

@@ -11,6 +11,7 @@ parameters an uninterrupted run reaches. The step itself is
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -33,6 +34,7 @@ from ..device import resolve_device
 from ..evaluation import prepare_fields
 from ..objectives import make_objective
 from ..plate import full_data_size
+from ..rundir import RunLock
 from ..schedules import AlternatingSchedule, JointSchedule
 from . import optim as optim_lib
 from . import state as run_state
@@ -115,6 +117,30 @@ class _Progress:
         self.bar.close()
 
 
+def _holding_the_run_lock(fit_fn):
+    """Run ``fit`` holding ``run_dir``'s lock (:class:`~pyro_aevb.rundir.RunLock`), so that
+    a second fit into the same run directory is refused while the first one runs; a run
+    directory the call created and left empty (it failed before writing) is removed."""
+
+    @functools.wraps(fit_fn)
+    def wrapper(*args, **kwargs):
+        run_dir = kwargs.get("run_dir")
+        if run_dir is None:
+            return fit_fn(*args, **kwargs)
+        run_dir = Path(run_dir)
+        existed = run_dir.exists()
+        try:
+            with RunLock(run_dir):
+                return fit_fn(*args, **kwargs)
+        except BaseException:
+            if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
+
+    return wrapper
+
+
+@_holding_the_run_lock
 def fit(
     model: Callable,
     guide: Callable,
@@ -348,7 +374,9 @@ def fit(
         ]
         start_epoch, train_seconds = 0, 0.0
         if state is not None:
-            run_state.check_resumable(state, run_config, model, guide, checkpoint_path)
+            run_state.check_resumable(
+                state, run_config, model, guide, checkpoint_path, run_metadata
+            )
             start_epoch, train_seconds = run_state.restore(
                 state, model=model, guide=guide, step=step_fn, generator=generator, history=history
             )

@@ -49,7 +49,7 @@ def save(
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
             "config": config,
-            "metadata": metadata or {},
+            "run_metadata": dict(metadata or {}),
             "fingerprint": fingerprint(model, guide),
             "modules": module_states(model, guide),
             "params": params_snapshot(),
@@ -63,7 +63,9 @@ def save(
     )
 
 
-def check_resumable(state: dict, config: dict, model, guide, path) -> None:
+def check_resumable(
+    state: dict, config: dict, model, guide, path, metadata: dict | None = None
+) -> None:
     """Refuse a checkpoint of another format, pair or settings, naming the difference."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
@@ -79,6 +81,12 @@ def check_resumable(state: dict, config: dict, model, guide, path) -> None:
         raise ValueError(
             "cannot resume with different settings (checkpoint value, now): "
             + ", ".join(f"{k}={a!r}->{b!r}" for k, (a, b) in changed.items())
+        )
+    stored_id, given_id = ckpt.stored_run_id(state), (metadata or {}).get("run_id")
+    if stored_id is not None and given_id is not None and stored_id != given_id:
+        raise ValueError(
+            f"{path} belongs to run {stored_id}, not to run {given_id}; resume the run that "
+            "wrote it, or start afresh (overwrite)"
         )
     now, then = fingerprint(model, guide), state["fingerprint"]
     if now != then:
