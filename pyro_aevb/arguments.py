@@ -195,3 +195,118 @@ def batch_rows(value, index: torch.Tensor, name: str, num_points: int):
     if num_rows(value) != num_points:
         return value
     return take_rows(value, index, name)
+
+
+def training_fields(data) -> tuple[dict, int | None, int]:
+    """``(fields, levels, N)`` of training data: a :class:`~pyro_aevb.data.Dataset`, or a
+    mapping of fields with the data points on dim 0 (tensors, lists, PackedSequences,
+    under any names: the observed site says which is the data).
+
+    :raises ValueError: for an empty mapping, no per-data-point field, fields of
+        different lengths, or a floating field with NaN rows that is no label field.
+    """
+    from .data.dataset import Dataset
+
+    if isinstance(data, Dataset):
+        return data.fields(), data.levels, len(data)
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError(
+            "data must be a pyro_aevb Dataset or a mapping of named fields with the data "
+            "points on dim 0 (e.g. {'x': x} or {'xs': xs, 'ys': ys})"
+        )
+    from .data.dataset import validate_array
+
+    fields = dict(data)
+    if "x" in fields:
+        validate_array(fields["x"], "x")
+    rows = {k: num_rows(v) for k, v in fields.items()}
+    sized = {k: n for k, n in rows.items() if n is not None}
+    if not sized:
+        raise ValueError(f"no field of {sorted(fields)} has data points on dim 0")
+    n = max(sized.values())
+    short = {k: m for k, m in sized.items() if m != n}
+    if short:
+        raise ValueError(
+            f"fields {sorted(short)} have {sorted(set(short.values()))} rows but others "
+            f"have {n}; every per-data-point field needs one row per data point"
+        )
+    for k, v in fields.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 1:
+            bad = ~torch.isfinite(v).reshape(v.shape[0], -1)
+            # a float label field may mark missing rows as NaN (see one_hot); the
+            # semi-supervised check names it if the pair cannot take them
+            partial = bad.any(-1) & ~bad.all(-1)
+            if bool(torch.isinf(v).any()) or bool(partial.any()):
+                index = int((bad.any(-1)).nonzero()[0])
+                raise ValueError(
+                    f"field '{k}' contains NaN or infinite values, first at data point {index}"
+                )
+    return fields, None, n
+
+
+def label_field(fields: Mapping, model, guide) -> tuple[str, torch.Tensor] | None:
+    """The one field with some rows missing (integer ``-1`` or NaN rows), and which
+    rows: a semi-supervised data set, whose batches :func:`plan_batches` keeps either
+    labeled or unlabeled. ``None`` if no field has missing rows.
+
+    :raises ValueError: if several fields have missing rows, or the pair takes the
+        field through an argument without a default (that cannot be left out).
+    """
+    partial = {}
+    for k, v in fields.items():
+        rows = missing_rows(v)
+        if rows is not None and bool(rows.any()):
+            partial[k] = rows
+    if not partial:
+        return None
+    if len(partial) > 1:
+        raise ValueError(
+            f"fields {sorted(partial)} all have missing rows; a semi-supervised data set "
+            "may leave one label field partly missing"
+        )
+    ((name, rows),) = partial.items()
+    for role, fn in (("model", model), ("guide", guide)):
+        adapter = fn if isinstance(fn, ArgumentAdapter) else ArgumentAdapter(fn)
+        required = [
+            p.name for p in adapter.parameters_
+            if adapter.field_of(p.name) == name and p.default is inspect.Parameter.empty
+        ]
+        if required:
+            raise ValueError(
+                f"field '{name}' is missing in {int(rows.sum())} of {rows.numel()} data "
+                f"points (labels -1 or NaN rows), but the {role}'s argument {required[0]} "
+                f"has no default: give it one ({required[0]}=None) and observe the label "
+                "where it is given, enumerate or sample it where it is None (the M2 model "
+                "of Kingma et al., 2014)"
+            )
+    return name, rows
+
+
+def plan_batches(
+    perm: torch.Tensor, batch_size: int, missing: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Index tensors of one epoch's batches from a permutation of the data points.
+
+    Without ``missing``, consecutive chunks of ``perm``. With it (a semi-supervised data
+    set), labeled and unlabeled points are chunked apart, each in ``perm``'s order, so
+    that every batch is called with its labels or without them; the batches then come
+    in the order of their first point in ``perm``. Each point is in exactly one batch,
+    so with every batch's terms weighted ``N / B`` (its own ``B``) the epoch's average
+    step loss stays an unbiased estimate of the full-data objective.
+    """
+    if missing is None:
+        return list(perm.split(batch_size))
+    missing = missing.to(perm.device)
+    where = missing[perm]
+    batches = list(perm[~where].split(batch_size)) + list(perm[where].split(batch_size))
+    rank = torch.empty_like(perm)
+    rank[perm] = torch.arange(perm.numel(), device=perm.device)
+    return sorted(batches, key=lambda b: int(rank[b[0]]))
+
+
+def steps_per_epoch(num_points: int, batch_size: int, missing: torch.Tensor | None) -> int:
+    """The number of batches :func:`plan_batches` makes (the same every epoch)."""
+    if missing is None:
+        return -(-num_points // batch_size)
+    unlabeled = int(missing.sum())
+    return -(-(num_points - unlabeled) // batch_size) + -(-unlabeled // batch_size)

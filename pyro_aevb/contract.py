@@ -403,6 +403,28 @@ def check_pair(
     return summary
 
 
+def merge_summaries(labeled: PairSummary, unlabeled: PairSummary) -> PairSummary:
+    """One summary of a semi-supervised pair from its labeled and unlabeled batches: the
+    unlabeled batches' latents (the label among them), both batches' observed fields
+    and parameters, and the deeper plate nesting."""
+    from dataclasses import replace
+
+    params = list(dict.fromkeys(labeled.model_params + unlabeled.model_params))
+    return replace(
+        unlabeled,
+        observed_fields={**unlabeled.observed_fields, **labeled.observed_fields},
+        observed_sites=list(dict.fromkeys(labeled.observed_sites + unlabeled.observed_sites)),
+        model_params=params,
+        guide_params=[
+            n
+            for n in dict.fromkeys(labeled.guide_params + unlabeled.guide_params)
+            if n not in params
+        ],
+        max_plate_nesting=max(labeled.max_plate_nesting, unlabeled.max_plate_nesting),
+        particle_mode=labeled.particle_mode,
+    )
+
+
 def _guide_plate_problems(model_latents, guide_latents, plate: str) -> list[str]:
     """The guide's data plate must be the model's: the same name, and the same scale for
     each per-data-point latent (else the ELBO's log q and log p terms would weigh a data
@@ -457,6 +479,30 @@ def objective_advice(summary: PairSummary, objective: str) -> str | None:
             "score-function gradient); use objective='enum' to sum them out exactly"
         )
     return None
+
+
+def observed_field(model: Callable, batch: Mapping) -> str | None:
+    """The data field the model's observed sites observe (directly or as views), found
+    by one run of the model with validation off (before a transform brings the data
+    into the likelihood's support): of several (data and observed labels), the one with
+    the most values per data point; ``None`` if none."""
+    import pyro
+
+    kwargs = call_arguments(model, batch, "model")
+    try:
+        with pyro.validation_enabled(False), torch.no_grad(), torch.random.fork_rng():
+            trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(**kwargs)
+    except Exception:  # noqa: BLE001 - the contract check reports it properly later
+        return None
+    tensors = {f: t for f, t in batch.items() if isinstance(t, torch.Tensor)}
+    found = {
+        f
+        for s in trace.nodes.values()
+        if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)
+        for f, t in tensors.items()
+        if _same_storage(t, s["value"])
+    }
+    return max(found, key=lambda f: tensors[f][0].numel()) if found else None
 
 
 def _same_storage(field: torch.Tensor, value: torch.Tensor) -> bool:

@@ -62,7 +62,7 @@ def data_plate(x: torch.Tensor, dim: int | None = None) -> pyro.plate:
     return pyro.plate(DATA_PLATE, size=size, subsample=subsample, dim=dim)
 
 
-def find_data_plate(trace) -> str | None:
+def find_data_plate(trace, ignore: frozenset[str] = frozenset()) -> str | None:
     """The name of the data plate of a model trace: the outermost vectorized plate that
     encloses every observed site (whatever the user named it), or ``None``.
 
@@ -76,7 +76,9 @@ def find_data_plate(trace) -> str | None:
     for site in trace.nodes.values():
         if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
             continue
-        names = [f.name for f in site["cond_indep_stack"] if f.vectorized]
+        names = [
+            f.name for f in site["cond_indep_stack"] if f.vectorized and f.name not in ignore
+        ]
         if not names:
             return None
         stacks.append(names)
@@ -136,3 +138,21 @@ class DataPlateScale(Messenger):
         # numbers bit for bit as they were.
         if abs(factor - 1.0) > 1e-12:
             msg["scale"] = msg["scale"] * factor
+
+
+def scale_to_data_set(fn, plate: str, num_data: int):
+    """``fn(**batch)`` with its data plate ``plate`` scaled to stand for ``num_data``
+    points (:class:`DataPlateScale`), ``B`` read off each call's batch (the rows of its
+    first per-data-point field). Wrap the model and the guide alike."""
+    from .arguments import num_rows
+
+    rescale = DataPlateScale(plate, num_data)
+
+    def scaled(**batch):
+        rescale.batch_size = next(
+            (n for n in map(num_rows, batch.values()) if n is not None), None
+        )
+        with rescale:
+            return fn(**batch)
+
+    return scaled

@@ -25,13 +25,24 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing, LatentScale
-from .contract import PairSummary, call_arguments, check_data_support, check_pair
-from .data.dataset import Dataset, validate_array
+from .arguments import adapt, batch_rows, label_field, num_rows, plan_batches, training_fields
+from .arguments import steps_per_epoch as count_batches
+from .contract import (
+    PairSummary,
+    call_arguments,
+    check_data_support,
+    check_pair,
+    merge_summaries,
+    objective_advice,
+    observed_field,
+    warn_once,
+)
+from .data.dataset import Dataset
 from .data.transforms import Identity, Transform, get_transform, transform_test_set
 from .device import resolve_device
 from .evaluation import elbo_per_datapoint, exact_log_evidence, prepare_fields
 from .objectives import make_objective
-from .plate import full_data_size
+from .plate import full_data_size, scale_to_data_set
 from .schedules import AlternatingSchedule, JointSchedule
 from .steps import frozen_parameters, svi_step
 
@@ -61,18 +72,13 @@ def _bind(fn: Callable, names: list[str]) -> Callable:
     return lambda **batch: fn(**{k: batch[k] for k in names})
 
 
-def _training_fields(data) -> tuple[dict[str, torch.Tensor], int | None]:
-    if isinstance(data, Dataset):
-        return data.fields(), data.levels
-    if not isinstance(data, Mapping) or "x" not in data:
-        raise ValueError("data must be a pyro_aevb Dataset or a mapping of fields with 'x'")
-    fields = dict(data)
-    validate_array(fields["x"], "x")
-    n = fields["x"].shape[0]
-    for k, v in fields.items():
-        if v.shape[0] != n:
-            raise ValueError(f"field '{k}' has {v.shape[0]} rows but 'x' has {n}")
-    return fields, None
+def _first(fields: Mapping, exclude: torch.Tensor | None, size: int | None = None) -> dict:
+    """The first ``size`` data points (all if ``None``), leaving out the rows ``exclude``
+    marks (a semi-supervised batch holds labeled or unlabeled points, never both)."""
+    n = next(n for n in map(num_rows, fields.values()) if n is not None)
+    rows = torch.arange(n) if exclude is None else (~exclude.cpu()).nonzero().flatten()
+    rows = rows[: size if size is not None else n]
+    return {k: batch_rows(v, rows, k, n) for k, v in fields.items()}
 
 
 def _write_history(history: list[dict], path: Path) -> None:
@@ -127,6 +133,8 @@ def fit(
     kl_annealing: KLAnnealing | None = None,
     history_metrics: Callable[..., dict] | None = None,
     progress: bool = True,
+    arguments: Mapping[str, str] | None = None,
+    check_support: bool = True,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -169,10 +177,17 @@ def fit(
     :param history_metrics: ``history_metrics(model, guide, test_fields) -> dict`` of
         extra test metrics for every history row (e.g. clustering accuracy).
     :param progress: show a tqdm progress bar with the running loss.
+    :param arguments: the pair's parameter name -> data field, for a model and guide
+        whose arguments are named otherwise (``{"xs": "x", "ys": "y"}``); see
+        :mod:`pyro_aevb.arguments`.
+    :param check_support: ``False`` skips the check of observed values against the
+        likelihood's support (with a warning), for pairs that mean to train e.g. a
+        Bernoulli likelihood on grey values.
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient, naming the
         epoch and step; the parameters and the last checkpoint stay as they were.
     """
     # Every check that can fail runs before any work is done.
+    model, guide = adapt(model, arguments), adapt(guide, arguments)
     dev = resolve_device(device)
     elbo = make_objective(objective, num_particles, **(objective_options or {}))
     transform = get_transform(transform) if transform is not None else Identity()
@@ -191,13 +206,25 @@ def fit(
         raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
     if patience is not None and test is None:
         raise ValueError("early stopping (patience) needs test data")
-    raw_fields, levels = _training_fields(train)
-    n_train = raw_fields["x"].shape[0]
+    raw_fields, levels, n_train = training_fields(train)
+    semi_supervised = label_field(raw_fields, model, guide)
+    missing = semi_supervised[1] if semi_supervised is not None else None
     batch_size = min(batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    steps_per_epoch = count_batches(n_train, batch_size, missing)
+    # the field a transform applies to: 'x', else the one the model observes
+    data_field = "x" if "x" in raw_fields else observed_field(model, _first(raw_fields, missing))
+    if not isinstance(transform, Identity) and data_field is None:
+        raise ValueError(
+            f"transform {transform!r} applies to the data field, but no field of "
+            f"{sorted(raw_fields)} is named 'x' or observed by the model on the first batch"
+        )
     if epochs is None:
         epochs = math.ceil(schedule.total_steps / steps_per_epoch)
-    test_fields = prepare_fields(test, transform, dev) if test is not None else None
+    test_fields = None
+    if test is not None:
+        test_fields = prepare_fields(test, transform if data_field == "x" else None, dev)
+        if data_field != "x" and not isinstance(transform, Identity):
+            test_fields[data_field] = transform_test_set(test_fields[data_field], transform, levels)
 
     run_dir = Path(run_dir) if run_dir is not None else None
     checkpoint_path = run_dir / ckpt.CHECKPOINT_NAME if run_dir is not None else None
@@ -245,20 +272,42 @@ def fit(
     # Shuffling and per-epoch transforms draw from a generator on the data's device
     # (a CPU generator cannot drive CUDA sampling); its state is checkpointed.
     generator = torch.Generator(device=dev).manual_seed(seed)
-    fields = {k: v.to(dev) for k, v in raw_fields.items()}
+    fields = {k: v.to(dev) if hasattr(v, "to") else v for k, v in raw_fields.items()}
     deterministic_x = None
-    if not transform.resample_each_epoch:
-        deterministic_x = transform(fields["x"], None, levels)
+    if not transform.resample_each_epoch and data_field is not None:
+        deterministic_x = transform(fields[data_field], None, levels)
     # A seeded preview draw of the transformed data for the checks; it leaves the
     # training generator untouched.
-    preview = dict(fields, x=transform_test_set(fields["x"], transform, levels))
+    preview = dict(fields)
+    if data_field is not None:
+        preview[data_field] = transform_test_set(fields[data_field], transform, levels)
 
     store = pyro.get_param_store()
     history: list[dict] = []
     with store.scope():
-        first = {k: v[:batch_size] for k, v in preview.items()}
+        first = _first(preview, missing, batch_size)
         with full_data_size(n_train):
-            summary = check_pair(model, guide, first, allow_model_enumeration=objective == "enum")
+            summary = check_pair(
+                model,
+                guide,
+                first,
+                allow_model_enumeration=objective == "enum",
+                check_support=check_support,
+                check_evaluation=True,
+            )
+            if missing is not None and bool(missing.any()) and not bool(missing.all()):
+                # a semi-supervised data set: check the unlabeled batches too
+                unlabeled = check_pair(
+                    model,
+                    guide,
+                    _first(preview, ~missing, batch_size),
+                    allow_model_enumeration=objective == "enum",
+                    check_support=check_support,
+                )
+                summary = merge_summaries(summary, unlabeled)
+        advice = objective_advice(summary, objective)
+        if advice is not None:
+            warn_once(f"objective-{objective}", advice)
         check_data_support(summary, preview)
         frozen = frozen_parameters(schedule, summary)
         if getattr(elbo, "max_plate_nesting", None) == float("inf"):
@@ -276,11 +325,27 @@ def fit(
         # VAE both scalings gave test log-likelihoods within run-to-run variation.)
         per_point = 1.0 / n_train
         latent_scale = LatentScale(1.0)  # the KL weight, set before every step
+        # The pair's own data plate (any name, sized or not, subsampled or not) weighs a
+        # batch's points N / B, as the library's data_plate does (pyro_aevb.plate).
         model_fn = latent_scale(
-            poutine.scale(_bind(model, list(call_arguments(model, first, "model"))), per_point)
+            poutine.scale(
+                scale_to_data_set(
+                    _bind(model, list(call_arguments(model, first, "model"))),
+                    summary.data_plate,
+                    n_train,
+                ),
+                per_point,
+            )
         )
         guide_fn = latent_scale(
-            poutine.scale(_bind(guide, list(call_arguments(guide, first, "guide"))), per_point)
+            poutine.scale(
+                scale_to_data_set(
+                    _bind(guide, list(call_arguments(guide, first, "guide"))),
+                    summary.data_plate,
+                    n_train,
+                ),
+                per_point,
+            )
         )
         optim = pyro.optim.Adam({"lr": lr})
         # Modules whose training depends on the step (a Gumbel-softmax temperature) say so
@@ -380,9 +445,10 @@ def fit(
                     break
                 epoch += 1
                 x = deterministic_x
-                if x is None:
-                    x = transform(fields["x"], generator, levels)
+                if x is None and data_field is not None:
+                    x = transform(fields[data_field], generator, levels)
                 perm = torch.randperm(n_train, generator=generator, device=dev)
+                plan = plan_batches(perm, batch_size, missing)
                 for module in (model, guide):
                     if isinstance(module, torch.nn.Module):
                         module.train()
@@ -396,8 +462,11 @@ def fit(
                     for hook in step_hooks:
                         hook(step_count)
                     t0 = time.perf_counter()
-                    idx = perm[step * batch_size : (step + 1) * batch_size]
-                    batch = {k: (x if k == "x" else v)[idx] for k, v in fields.items()}
+                    idx = plan[step]
+                    batch = {
+                        k: batch_rows(x if k == data_field else v, idx, k, n_train)
+                        for k, v in fields.items()
+                    }
                     with full_data_size(n_train):
                         loss = svi_step(
                             elbo, optim, model_fn, guide_fn, batch, epoch, step, frozen[phase]
