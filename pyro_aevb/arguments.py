@@ -19,6 +19,7 @@ cut by :func:`take_rows`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 
@@ -78,8 +79,23 @@ def take_rows(value, index: torch.Tensor, name: str = "field"):
     )
 
 
+def _decorated(fn) -> tuple[Callable, tuple] | None:
+    """``(function, bound arguments)`` of a callable decorated with a Pyro handler
+    (``@config_enumerate``, ``@poutine.scale(...)``), which Pyro wraps in a
+    ``functools.partial`` of its own (bound to the instance for a method), else ``None``."""
+    if (
+        isinstance(fn, functools.partial)
+        and getattr(fn.func, "__name__", "") == "_context_wrap"
+        and len(fn.args) >= 2
+        and callable(fn.args[1])
+    ):
+        return fn.args[1], tuple(fn.args[2:])
+    return None
+
+
 def _owner(fn) -> torch.nn.Module | None:
-    owner = getattr(fn, "__self__", None)
+    decorated = _decorated(fn)
+    owner = decorated[1][0] if decorated and decorated[1] else getattr(fn, "__self__", None)
     return owner if isinstance(owner, torch.nn.Module) else None
 
 
@@ -87,6 +103,18 @@ def _target(fn: Callable) -> Callable:
     if isinstance(fn, ArgumentAdapter):
         return fn.fn
     return fn.forward if isinstance(fn, torch.nn.Module) else fn
+
+
+def signature_parameters(fn: Callable) -> list[inspect.Parameter]:
+    """The parameters a model or guide is called with: those of ``forward`` for an
+    ``nn.Module``, of the decorated function (less the bound instance) for a method
+    decorated with a Pyro handler."""
+    fn = _target(fn)
+    decorated = _decorated(fn)
+    if decorated is not None:
+        inner, bound = decorated
+        return list(inspect.signature(inner).parameters.values())[len(bound) :]
+    return list(inspect.signature(fn).parameters.values())
 
 
 class ArgumentAdapter(torch.nn.Module):
@@ -107,7 +135,7 @@ class ArgumentAdapter(torch.nn.Module):
         self.owner = fn if isinstance(fn, torch.nn.Module) else _owner(fn)
         self.__dict__["fn"] = fn  # not a submodule a second time
         self.arguments = dict(arguments or {})
-        self.parameters_ = list(inspect.signature(_target(fn)).parameters.values())
+        self.parameters_ = signature_parameters(fn)
         names = {p.name for p in self.parameters_}
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self.parameters_)
         unknown = sorted(set(self.arguments) - names)
@@ -174,8 +202,17 @@ class ArgumentAdapter(torch.nn.Module):
 
 def adapt(fn: Callable, arguments: Mapping[str, str] | None = None) -> Callable:
     """``fn`` as the library calls a model or guide (fields by name), wrapped only where
-    needed: with an ``arguments`` mapping, or for a bound method of an ``nn.Module``."""
+    needed: with an ``arguments`` mapping, for a bound method of an ``nn.Module``, a
+    function decorated with a Pyro handler, or positional-only parameters."""
     if arguments or _owner(fn) is not None or isinstance(fn, ArgumentAdapter):
+        return ArgumentAdapter(fn, arguments)
+    if _decorated(fn) is not None:
+        return ArgumentAdapter(fn)
+    try:
+        parameters = inspect.signature(_target(fn)).parameters.values()
+    except (TypeError, ValueError):
+        return fn
+    if any(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in parameters):
         return ArgumentAdapter(fn, arguments)
     return fn
 
@@ -268,7 +305,8 @@ def label_field(fields: Mapping, model, guide) -> tuple[str, torch.Tensor] | Non
     for role, fn in (("model", model), ("guide", guide)):
         adapter = fn if isinstance(fn, ArgumentAdapter) else ArgumentAdapter(fn)
         required = [
-            p.name for p in adapter.parameters_
+            p.name
+            for p in adapter.parameters_
             if adapter.field_of(p.name) == name and p.default is inspect.Parameter.empty
         ]
         if required:

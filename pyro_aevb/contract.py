@@ -59,7 +59,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 
-from .arguments import ArgumentAdapter, num_rows
+from .arguments import ArgumentAdapter, missing_rows, num_rows
 from .plate import DATA_PLATE, find_data_plate, plate_scale
 
 
@@ -443,8 +443,10 @@ def _guide_plate_problems(model_latents, guide_latents, plate: str) -> list[str]
         m_frame = next(f for f in _frames(m_site) if f.name == plate)
         m_scale = _as_float(m_site["scale"]) / plate_scale(m_frame)
         g_scale = _as_float(g_site["scale"]) / plate_scale(g_frame)
-        if m_scale is not None and g_scale is not None and abs(m_scale - g_scale) > 1e-6 * max(
-            abs(m_scale), abs(g_scale)
+        if (
+            m_scale is not None
+            and g_scale is not None
+            and abs(m_scale - g_scale) > 1e-6 * max(abs(m_scale), abs(g_scale))
         ):
             scaled.append(f"'{name}' (model {m_scale:.4g}, guide {g_scale:.4g})")
     out = []
@@ -540,9 +542,14 @@ def check_data_support(summary: PairSummary, fields: Mapping[str, torch.Tensor])
     for site, (field_name, support) in summary.observed_fields.items():
         if not isinstance(fields.get(field_name), torch.Tensor):
             continue
-        ok = support.check(fields[field_name])
+        value = fields[field_name]
+        ok = support.check(value).reshape(value.shape[0], -1).all(-1)
+        # rows marked missing (a semi-supervised label field) are not observed there
+        missing = missing_rows(value)
+        if missing is not None:
+            ok = ok | missing
         if not bool(ok.all()):
-            rows = (~ok).reshape(ok.shape[0], -1).any(-1).nonzero().flatten()
+            rows = (~ok).nonzero().flatten()
             raise ContractError(
                 f"data field '{field_name}' (observed at site '{site}') has values outside "
                 f"the support ({support}) in {rows.numel()} data point(s), first at index "

@@ -76,9 +76,7 @@ def find_data_plate(trace, ignore: frozenset[str] = frozenset()) -> str | None:
     for site in trace.nodes.values():
         if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
             continue
-        names = [
-            f.name for f in site["cond_indep_stack"] if f.vectorized and f.name not in ignore
-        ]
+        names = [f.name for f in site["cond_indep_stack"] if f.vectorized and f.name not in ignore]
         if not names:
             return None
         stacks.append(names)
@@ -149,9 +147,7 @@ def scale_to_data_set(fn, plate: str, num_data: int):
     rescale = DataPlateScale(plate, num_data)
 
     def scaled(**batch):
-        rescale.batch_size = next(
-            (n for n in map(num_rows, batch.values()) if n is not None), None
-        )
+        rescale.batch_size = next((n for n in map(num_rows, batch.values()) if n is not None), None)
         with rescale:
             return fn(**batch)
 
