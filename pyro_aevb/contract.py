@@ -211,7 +211,7 @@ def check_pair(
     batch: Mapping[str, torch.Tensor],
     allow_model_enumeration: bool = False,
     check_support: bool = True,
-    check_evaluation: bool = False,
+    check_evaluation: bool = True,
 ) -> PairSummary:
     """Run ``guide`` and ``model`` on one batch and check the contract.
 
@@ -223,8 +223,9 @@ def check_pair(
         skips it with a warning, for pairs that mean to train e.g. a Bernoulli
         likelihood on grey values, as Pyro's VAE example does.
     :param check_evaluation: also draw a few particles as evaluation does, vectorized
-        and, if that fails, one at a time; the mode that works is
-        :attr:`PairSummary.particle_mode`.
+        and, if that fails, one at a time (so an evaluation-only failure shows before
+        any training); the mode that works is :attr:`PairSummary.particle_mode`
+        (``None`` for pairs with global latents, which per-data-point evaluation refuses).
     :raises ContractError: naming every missing, extra or misshaped site, a
         missing data plate, or observed values outside the likelihood's support.
     """

@@ -71,11 +71,11 @@ class Pair(nn.Module):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
-def _fit(model, guide, train, **kwargs):
+def _fit(model, guide, train, test=None, **kwargs):
     pyro.clear_param_store()
     options = dict(epochs=2, batch_size=50, lr=1e-2, seed=3, progress=False)
     options.update(kwargs)
-    result = fit(model, guide, train, **options)
+    result = fit(model, guide, train, test, **options)
     return [row["train_loss"] for row in result.history], result
 
 
@@ -160,6 +160,23 @@ def test_positional_only_functions(reference):
 
     losses, _ = _fit(model, guide, {"x": _data()})
     _assert_same(losses, inner, reference)
+
+
+def test_a_transform_applies_to_the_observed_field_whatever_its_name():
+    """Grey values under the name 'xs' with transform='dynamic': binarized, then trained."""
+    pair = Renamed()
+    grey = torch.rand(N_TRAIN, X_DIM, generator=torch.Generator().manual_seed(0))
+    losses, result = _fit(
+        pair.model, pair.guide, {"xs": grey}, {"xs": grey[:40]}, transform="dynamic"
+    )
+    assert all(torch.isfinite(torch.tensor(losses))) and "test_elbo" in result.history[-1]
+
+
+def test_adapt_maps_arguments_for_evaluate_too():
+    pair = Renamed()
+    model, guide = (ArgumentAdapter(f, {"xs": "x"}) for f in (pair.model, pair.guide))
+    metrics = evaluate(model, guide, {"x": _data(30)}, num_particles=10).metrics()
+    assert metrics["test_log_likelihood"] >= metrics["test_elbo"] - 3 * metrics["test_elbo_se"]
 
 
 def test_a_missing_argument_names_the_mapping():
