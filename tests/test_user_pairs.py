@@ -482,3 +482,30 @@ def test_a_whole_autonormal_guide_for_a_small_model_fits_and_evaluates():
     metrics = evaluate(model, guide, fields, num_particles=50).metrics()
     assert metrics["test_log_likelihood"] >= metrics["test_elbo"] - 3 * metrics["test_elbo_se"]
     assert isinstance(ArgumentAdapter(Pair().model), nn.Module)
+
+
+def test_a_packed_sequence_field_is_cut_with_its_batch_in_fit_and_evaluate():
+    """A guide reading a PackedSequence (as Pyro's DMM guide does): each batch's
+    sequences are the batch's own data points (checked inside the guide)."""
+    x = _data()
+    steps = 4
+    lengths = 1 + torch.arange(N_TRAIN) % steps
+    rows = [x[i].reshape(steps, -1)[: lengths[i]] for i in range(N_TRAIN)]
+    packed = nn.utils.rnn.pack_sequence(rows, enforce_sorted=False)
+    pair = Pair("sized")
+    rnn = nn.GRU(X_DIM // steps, 2 * Z_DIM, batch_first=True)
+    seen = []
+
+    def guide(x, seq):
+        pyro.module("rnn", rnn)
+        padded, lens = nn.utils.rnn.pad_packed_sequence(seq, batch_first=True)
+        assert torch.equal(padded[:, 0], x.reshape(len(x), steps, -1)[:, 0])
+        seen.append(len(x))
+        _, h = rnn(seq)
+        loc, log_scale = h[-1].chunk(2, -1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    fields = {"x": x, "seq": packed}
+    losses, _ = _fit(pair.model, guide, fields, fields)
+    assert 20 in seen and all(torch.isfinite(torch.tensor(losses)))
