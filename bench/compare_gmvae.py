@@ -46,6 +46,7 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
+from pyro_aevb.steps import svi_step
 
 import pyro_aevb
 from pyro_aevb.annealing import LatentScale
@@ -60,7 +61,6 @@ from pyro_aevb.data import (
 from pyro_aevb.evaluation import prepare_fields
 from pyro_aevb.objectives import make_objective
 from pyro_aevb.pairs import GMVAE_PAIR
-from pyro_aevb.steps import svi_step
 from pyro_aevb.training import _bind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -258,8 +258,8 @@ def run_seed(seed: int, train, test, eval_set, binary: dict, args) -> dict:
         "test_log_likelihood_se": metrics["test_log_likelihood_se"],
         "ess_mean": metrics["ess_mean"],
         **clustering,
-        "final_train_loss": fit_result.history[-1]["train_loss"] if fit_result.history else None,
-        "train_loss_per_epoch": [row["train_loss"] for row in fit_result.history],
+        "final_train_loss": -fit_result.history[-1]["train_elbo"] if fit_result.history else None,
+        "train_loss_per_epoch": [-row["train_elbo"] for row in fit_result.history],
         "train_seconds": fit_result.train_seconds,
         "seconds_per_epoch": fit_result.train_seconds / max(1, args.epochs),
         "eval_seconds": ours_eval_seconds,

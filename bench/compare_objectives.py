@@ -280,7 +280,7 @@ def run_setting(label: str, seed: int, train, test, eval_test, au_x, args) -> di
         "fit_wall_seconds": fit_wall,
         "eval_seconds": eval_seconds,
         "history_test_elbo": [row.get("test_elbo") for row in fit_result.history],
-        "history_train_loss": [row.get("train_loss") for row in fit_result.history],
+        "history_train_loss": [-row["train_elbo"] for row in fit_result.history],
         "test_log_likelihood_per_point": [round(v, 4) for v in ll.tolist()],
     }
 

@@ -125,7 +125,7 @@ def main(argv=None):
         "epochs": args.epochs,
         "labels": 100,
         "test_elbo": result.history[-1]["test_elbo"],
-        "train_loss": result.history[-1]["train_loss"],
+        "train_elbo": result.history[-1]["train_elbo"],
         "test_accuracy": accuracy,
         "train_seconds": round(result.train_seconds, 1),
     }

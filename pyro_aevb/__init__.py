@@ -21,11 +21,11 @@ from .evaluation import (
 )
 from .objectives import available_objectives, make_objective, register_objective
 from .plate import data_plate, full_data_size
-from .steps import NonFiniteLossError
-from .training import FitResult, fit
+from .training import DivergenceError, FitResult, NonFiniteLossError, TrainingStep, fit
 
 __all__ = [
     "ContractError",
+    "DivergenceError",
     "Evaluation",
     "FitResult",
     "ImportanceEstimate",
@@ -43,4 +43,5 @@ __all__ = [
     "log_importance_weights",
     "make_objective",
     "register_objective",
+    "TrainingStep",
 ]

@@ -11,6 +11,7 @@ from .data import DATASETS, TRANSFORMS
 from .nn import LIKELIHOODS
 from .objectives import available_objectives
 from .pairs import available_pairs
+from .training.optim import LR_SCHEDULES, OPTIMIZERS
 
 
 def _hidden(text: str) -> list[int]:
@@ -68,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--epochs", type=int)
     f.add_argument("--batch-size", type=int)
-    f.add_argument("--lr", type=float, help="Adam learning rate")
+    f.add_argument("--lr", type=float, help="learning rate")
+    f.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="torch optimizer (adam)")
+    f.add_argument(
+        "--lr-schedule", choices=list(LR_SCHEDULES), help="learning-rate schedule (constant)"
+    )
+    f.add_argument("--clip-norm", type=float, help="clip the gradient's total norm to this")
     f.add_argument("--latent-dim", dest="z_dim", type=int)
     f.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 500,500")
     f.add_argument("--dropout", type=float)

@@ -8,7 +8,7 @@ name           objective                                                   optio
                where the guide and prior admit one
 ``enum``       :class:`~pyro.infer.TraceEnum_ELBO`, discrete sites         ``num_particles``
                marked for enumeration are summed out exactly
-``renyi``      :class:`~pyro.infer.RenyiELBO` (Li & Turner, 2016);         ``num_particles``,
+``renyi``      :class:`RenyiELBO` (Li & Turner, 2016);                     ``num_particles``,
                ``alpha = 0`` is the IWAE bound (Burda et al., 2016)        ``alpha``
 ``iwae``       :class:`~pyro_aevb.importance_weighted.IWAE`, the per-data-  ``num_particles``
                point IWAE bound (Burda et al., 2016)                       (K)
@@ -44,10 +44,13 @@ line and evaluation pick it up by name.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import pyro.infer
+import torch
 from pyro.infer import ELBO
+from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 
 from . import importance_weighted as iw
 
@@ -112,13 +115,68 @@ def _enum_elbo(num_particles=1):
     return pyro.infer.TraceEnum_ELBO(**_particle_options(num_particles))
 
 
+class RenyiELBO(pyro.infer.RenyiELBO):
+    r"""Pyro's :class:`~pyro.infer.RenyiELBO` with a ``differentiable_loss``, so that
+    ``fit``'s step (and data-parallel wrappers) can call it like the other ELBOs.
+
+    With per-particle log-weights :math:`e_k` (summed over the data plate: one
+    weight for the whole minibatch, as in Pyro) the bound is
+    :math:`\mathcal L_\alpha = \frac{1}{1-\alpha}\log\frac1K\sum_k e^{(1-\alpha)e_k}`
+    (Li & Turner, 2016) and its gradient is :math:`\sum_k \bar w_k \nabla s_k / K`
+    with the self-normalized weights :math:`\bar w_k = e^{(1-\alpha)e_k} /
+    (\frac1K\sum_j e^{(1-\alpha)e_j})` and the surrogate :math:`s_k` of Pyro's
+    estimator (reparameterized terms, plus :math:`\frac{\alpha}{1-\alpha}\log q`
+    for score-function sites). Gradients equal those of Pyro's ``loss_and_grads``.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        values, surrogates = [], []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            value, surrogate = 0.0, 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    term = torch_sum(site["log_prob"], sum_dims)
+                    value, surrogate = value + term.detach(), surrogate + term
+            for site in guide_trace.nodes.values():
+                if site["type"] != "sample":
+                    continue
+                _, score_function_term, entropy_term = site["score_parts"]
+                term = torch_sum(site["log_prob"], sum_dims)
+                value = value - term.detach()
+                if not is_identically_zero(entropy_term):
+                    if not is_identically_zero(score_function_term):
+                        raise NotImplementedError(
+                            "renyi cannot mix reparameterized and score-function terms in "
+                            "one site (pyro-ppl/pyro#1222)"
+                        )
+                    surrogate = surrogate - term
+                if not is_identically_zero(score_function_term):
+                    surrogate = surrogate + (self.alpha / (1.0 - self.alpha)) * term
+            values.append(torch.as_tensor(value))
+            surrogates.append(torch.as_tensor(surrogate))
+        vectorized = self.vectorize_particles and self.num_particles > 1
+        value = values[0] if vectorized else torch.stack(values)
+        surrogate = surrogates[0] if vectorized else torch.stack(surrogates)
+        log_weights = (1.0 - self.alpha) * value
+        log_mean_weight = torch.logsumexp(log_weights, 0, keepdim=True) - math.log(
+            self.num_particles
+        )
+        loss = -log_mean_weight.sum() / (1.0 - self.alpha)
+        if not getattr(surrogate, "requires_grad", False):
+            return loss
+        weights = (log_weights - log_mean_weight).exp()
+        surrogate_loss = -(weights * surrogate).sum() / self.num_particles
+        return loss + (surrogate_loss - surrogate_loss.detach())
+
+
 @register_objective("renyi")
 def _renyi_elbo(num_particles=2, alpha=0.0):
     if alpha == 1:
         raise ValueError("alpha = 1 is the ELBO: use objective 'elbo' (RenyiELBO excludes it)")
     if num_particles < 2:
         raise ValueError("renyi needs num_particles >= 2 to differ from the ELBO")
-    return pyro.infer.RenyiELBO(alpha=alpha, **_particle_options(num_particles))
+    return RenyiELBO(alpha=alpha, **_particle_options(num_particles))
 
 
 def _required(name: str, option: str, value, meaning: str):

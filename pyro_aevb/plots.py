@@ -124,7 +124,7 @@ def learning_curve(history: Sequence[Mapping], ax=None):
     if not history:
         return ax.figure
     xs, xlabel = _history_axis(history)
-    ax.plot(xs, [-row["train_loss"] for row in history], label="train ELBO (running)")
+    ax.plot(xs, [row["train_elbo"] for row in history], label="train ELBO (running)")
     if "test_elbo" in history[0]:
         ax.plot(xs, [row["test_elbo"] for row in history], label="test ELBO")
     ax.set_xlabel(xlabel)

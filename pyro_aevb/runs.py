@@ -29,6 +29,7 @@ from .objectives import make_objective
 from .pairs import PairSpec, available_pairs, get_pair
 from .schedules import AlternatingSchedule
 from .training import FitResult, fit, save_json
+from .training.state import trained_modules
 
 
 @dataclass
@@ -138,6 +139,9 @@ def train_run(config: dict, run_dir: str | Path, resume=False, overwrite=False, 
         epochs=config["epochs"],
         batch_size=config["batch_size"],
         lr=config["lr"],
+        optimizer=config.get("optimizer") or "adam",
+        clip_norm=config.get("clip_norm"),
+        lr_schedule=config.get("lr_schedule"),
         device=config["device"],
         seed=config["seed"],
         run_dir=run_dir,
@@ -187,7 +191,7 @@ def evaluate_run(
             seconds_per_epoch=result.train_seconds / max(1, result.epochs_completed),
             stopped_early=result.stopped_early,
             best_epoch=result.best_epoch,
-            final_train_loss=result.history[-1]["train_loss"] if result.history else None,
+            final_train_elbo=result.history[-1]["train_elbo"] if result.history else None,
         )
     previous.update(metrics)
     save_json(previous, path)
@@ -208,7 +212,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
         config["device"] = device
     run = build_run(config)
     state = ckpt.load(run_dir / ckpt.CHECKPOINT_NAME)
-    modules = (state["best"] or state)["modules"]
+    modules = trained_modules(state)
     run.model.load_state_dict(modules["model"])
     run.guide.load_state_dict(modules["guide"])
     dev = resolve_device(config["device"])

@@ -48,7 +48,7 @@ def test_fit_writes_every_output_and_evaluate_recomputes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "test log-likelihood" in printed and str(out) in printed
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,step,train_loss,test_elbo") and len(history) == 3
+    assert history[0].startswith("epoch,step,train_elbo,test_elbo") and len(history) == 3
     # fit's last test ELBO and evaluate's use the same seed and batches: the same number.
     assert float(history[-1].split(",")[3]) == pytest.approx(metrics["test_elbo"], abs=1e-9)
 
@@ -74,7 +74,7 @@ def test_runs_with_the_same_seed_are_identical(tmp_path):
             == 0
         )
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
-    for key in ("test_elbo", "test_log_likelihood", "final_train_loss"):
+    for key in ("test_elbo", "test_log_likelihood", "final_train_elbo"):
         assert runs[0][key] == runs[1][key], key
 
 
@@ -147,7 +147,7 @@ def test_fit_fa_with_an_em_schedule(tmp_path, capsys):
         p.name for p in out.iterdir()
     }
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0].split(",")[:4] == ["epoch", "step", "train_loss", "phase"]
+    assert history[0].split(",")[:4] == ["epoch", "step", "train_elbo", "phase"]
     assert len(history) == 1 + 8  # 200 steps, a row every 25
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test_log_evidence", "true_model_log_evidence", "test_log_likelihood"):

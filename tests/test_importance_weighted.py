@@ -349,7 +349,7 @@ def test_fit_with_a_registered_name(digits):
         lr=1e-2,
         progress=False,
     )
-    losses = [row["train_loss"] for row in result.history]
+    losses = [-row["train_elbo"] for row in result.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 1.0, losses
 
 

@@ -156,7 +156,7 @@ def test_the_examples_pair_fits_and_evaluates_as_its_own_svi_loop(binary_digits,
     # 2. fit's history is per data point, the scale of the example's epoch loss / N (not
     #    B / N times it): the same within the two example seeds' spread and the
     #    minibatch noise of an epoch's average (its steps' spread / sqrt(steps)).
-    assert abs(result.history[-1]["train_loss"] - ref_train) < 3 * abs(
+    assert abs(-result.history[-1]["train_elbo"] - ref_train) < 3 * abs(
         ref_train - other_train
     ) + 4 * float(example.std()) / math.sqrt(len(x_train))
 

@@ -76,7 +76,7 @@ def _fit(model, guide, train, test=None, **kwargs):
     options = dict(epochs=2, batch_size=50, lr=1e-2, seed=3, progress=False)
     options.update(kwargs)
     result = fit(model, guide, train, test, **options)
-    return [row["train_loss"] for row in result.history], result
+    return [-row["train_elbo"] for row in result.history], result
 
 
 def _state(pair):

@@ -3,33 +3,34 @@
 :func:`fit` is the one training loop of the library. It works for any pair that
 follows :mod:`pyro_aevb.contract`, checks the pair and the data before the first
 step, and writes a run directory that :func:`fit` can resume to the same
-parameters an uninterrupted run reaches.
+parameters an uninterrupted run reaches. The step itself is
+:class:`~pyro_aevb.training.step.TrainingStep`, the history
+:class:`~pyro_aevb.training.history.History`, the checkpoint
+:mod:`~pyro_aevb.training.state`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+import numbers
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
-import pyro.optim
 import torch
-from pyro import poutine
 from tqdm import tqdm
 
-from . import checkpoint as ckpt
-from .annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing, LatentScale
-from .arguments import adapt, batch_rows, label_field, num_rows, plan_batches, training_fields
-from .arguments import steps_per_epoch as count_batches
-from .contract import (
+from .. import checkpoint as ckpt
+from ..annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing
+from ..arguments import adapt, batch_rows, label_field, num_rows, plan_batches, training_fields
+from ..arguments import steps_per_epoch as count_batches
+from ..contract import (
+    ContractError,
     PairSummary,
-    call_arguments,
     check_data_support,
     check_pair,
     merge_summaries,
@@ -37,23 +38,24 @@ from .contract import (
     observed_field,
     warn_once,
 )
-from .data.dataset import Dataset
-from .data.transforms import Identity, Transform, get_transform, transform_test_set
-from .device import resolve_device
-from .evaluation import elbo_per_datapoint, exact_log_evidence, prepare_fields
-from .objectives import make_objective
-from .plate import full_data_size, scale_to_data_set
-from .schedules import AlternatingSchedule, JointSchedule
-from .steps import frozen_parameters, svi_step
-
-HISTORY_NAME = "history.csv"
+from ..data.dataset import Dataset
+from ..data.transforms import Identity, Transform, get_transform, transform_test_set
+from ..device import resolve_device
+from ..evaluation import prepare_fields
+from ..objectives import make_objective
+from ..plate import full_data_size
+from ..schedules import AlternatingSchedule, JointSchedule
+from . import optim as optim_lib
+from . import state as run_state
+from .history import HISTORY_NAME, History
+from .step import TrainingStep, _where_invalid
 
 
 @dataclass
 class FitResult:
     """What :func:`fit` returns; the trained parameters live in the model and guide."""
 
-    #: one dict per epoch (or per ``eval_every`` steps): epoch, step, train_loss,
+    #: one dict per epoch (or per ``eval_every`` steps): epoch, step, train_elbo,
     #: test_elbo and, for models with exact evidence, test_log_evidence (nats per
     #: data point), the schedule's phase, the KL weight, and seconds
     history: list[dict]
@@ -67,11 +69,6 @@ class FitResult:
     summary: PairSummary | None = field(repr=False, default=None)
 
 
-def _bind(fn: Callable, names: list[str]) -> Callable:
-    """Call ``fn`` with only the batch fields it takes (SVI passes all fields to both)."""
-    return lambda **batch: fn(**{k: batch[k] for k in names})
-
-
 def _first(fields: Mapping, exclude: torch.Tensor | None, size: int | None = None) -> dict:
     """The first ``size`` data points (all if ``None``), leaving out the rows ``exclude``
     marks (a semi-supervised batch holds labeled or unlabeled points, never both)."""
@@ -81,32 +78,47 @@ def _first(fields: Mapping, exclude: torch.Tensor | None, size: int | None = Non
     return {k: batch_rows(v, rows, k, n) for k, v in fields.items()}
 
 
-def _write_history(history: list[dict], path: Path) -> None:
-    if not history:
-        return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+def _integer(value, name: str, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def _params_snapshot(store) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in store.named_parameters()}
+def _positive(value, name: str, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
-def _copy_params(store, values: Mapping[str, torch.Tensor]) -> None:
-    params = dict(store.named_parameters())
-    missing = sorted(set(values) - set(params))
-    if missing:
-        raise ValueError(
-            f"checkpoint holds parameters {missing} that this model/guide pair does not have; "
-            "resume with the same model and guide that wrote it"
-        )
-    with torch.no_grad():
-        for name, value in values.items():
-            params[name].copy_(value)
+class _Progress:
+    """A tqdm bar on a terminal; one plain line per epoch when stderr is redirected
+    (a bar's carriage-return updates would fill a log file)."""
+
+    def __init__(self, enabled: bool, total: int, epochs: int):
+        self.terminal = enabled and sys.stderr.isatty()
+        self.lines = enabled and not self.terminal
+        self.epochs = epochs
+        self.bar = tqdm(total=total, disable=not self.terminal, desc="fit", dynamic_ncols=True)
+
+    def step(self) -> None:
+        self.bar.update(1)
+
+    def epoch(self, epoch: int, loss: float, row: dict | None) -> None:
+        self.bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}")
+        if self.lines:
+            text = f"epoch {epoch}/{self.epochs}  train ELBO {-loss:.2f}"
+            if row is not None and "test_elbo" in row:
+                text += f"  test ELBO {row['test_elbo']:.2f}"
+            print(text + " (nats per data point)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def fit(
@@ -122,6 +134,9 @@ def fit(
     epochs: int | None = 10,
     batch_size: int = 100,
     lr: float = 1e-3,
+    optimizer="adam",
+    clip_norm: float | None = None,
+    lr_schedule=None,
     device: str | torch.device = "cpu",
     seed: int = 0,
     run_dir: str | os.PathLike | None = None,
@@ -132,6 +147,9 @@ def fit(
     eval_every: int | None = None,
     kl_annealing: KLAnnealing | None = None,
     history_metrics: Callable[..., dict] | None = None,
+    validate: bool = False,
+    divergence_factor: float | None = 1e3,
+    run_metadata: dict | None = None,
     progress: bool = True,
     arguments: Mapping[str, str] | None = None,
     check_support: bool = True,
@@ -152,7 +170,14 @@ def fit(
     :param batch_size: data points per step. The loss of a step is an unbiased estimate
         of the per-data-point negative ELBO: the data plate scales the batch by
         ``N / batch_size`` and the objective is divided by ``N``.
-    :param lr: Adam learning rate.
+    :param lr: the learning rate.
+    :param optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, a
+        ``torch.optim.Optimizer`` class, or a factory ``f(param_groups, lr=...)``.
+        Built-in classes run fused (or ``foreach``) where the device supports it.
+    :param clip_norm: clip the gradient of all parameters together to this norm
+        (as Pyro's ``ClippedAdam`` does per parameter); ``None``: no clipping.
+    :param lr_schedule: ``None``, ``"cosine"``, ``"exponential"`` or a factory
+        ``f(optimizer) -> torch.optim.lr_scheduler.LRScheduler``, stepped every step.
     :param device: ``"cpu"`` or ``"cuda[:N]"``; model, guide and data are moved there.
     :param seed: seeds Python, NumPy, PyTorch and the shuffling; CPU runs are reproducible.
     :param run_dir: where to write ``checkpoint.pt`` (every epoch, atomically) and
@@ -171,42 +196,59 @@ def fit(
         and where the schedule ends, instead of once per epoch.
     :param kl_annealing: a weight on the latent sites' terms (the KL) and its warm-up,
         :class:`~pyro_aevb.annealing.KLAnnealing`, for the ``elbo`` and ``meanfield``
-        objectives. The training loss is then the weighted one; the test ELBO in the
-        history stays the unweighted bound. The weight of each row's last step is
+        objectives. The training objective is then the weighted one; the test ELBO in
+        the history stays the unweighted bound. The weight of each row's last step is
         recorded as ``kl_weight``.
     :param history_metrics: ``history_metrics(model, guide, test_fields) -> dict`` of
         extra test metrics for every history row (e.g. clustering accuracy).
-    :param progress: show a tqdm progress bar with the running loss.
+    :param validate: keep Pyro's and torch's argument validation on for every step.
+        By default the contract check and the first step run with it (so bad
+        parameters are named clearly) and later steps without it (it costs a check of
+        every distribution's arguments); evaluation always validates.
+    :param divergence_factor: stop with :class:`~pyro_aevb.training.step.DivergenceError`
+        when a step's loss exceeds this many times the smallest loss magnitude so far
+        (at least 1 nat per data point); ``None`` disables the check.
+    :param run_metadata: JSON-able facts stored in the checkpoint (e.g. a run id).
+    :param progress: a progress bar on a terminal, one line per epoch otherwise.
     :param arguments: the pair's parameter name -> data field, for a model and guide
         whose arguments are named otherwise (``{"xs": "x", "ys": "y"}``); see
-        :mod:`pyro_aevb.arguments`.
+        :mod:`pyro_aevb.arguments`. Fields with some rows missing (labels ``-1`` or NaN
+        rows) make a semi-supervised data set: each batch is then labeled or unlabeled,
+        and an unlabeled one calls the pair with the argument's default.
     :param check_support: ``False`` skips the check of observed values against the
         likelihood's support (with a warning), for pairs that mean to train e.g. a
         Bernoulli likelihood on grey values.
-    :raises NonFiniteLossError: on a NaN or infinite loss or gradient, naming the
-        epoch and step; the parameters and the last checkpoint stay as they were.
+    :raises NonFiniteLossError: on a NaN or infinite loss or gradient (or a diverging
+        loss), naming the epoch and step; the parameters and the last checkpoint stay
+        as they were.
     """
     # Every check that can fail runs before any work is done.
     model, guide = adapt(model, arguments), adapt(guide, arguments)
+    seed = _integer(seed, "seed", 0)
+    batch_size = _integer(batch_size, "batch_size", 1)
+    epochs = _integer(epochs, "epochs", 0, allow_none=True)
+    eval_every = _integer(eval_every, "eval_every", 1, allow_none=True)
+    patience = _integer(patience, "patience", 1, allow_none=True)
+    lr = _positive(lr, "lr")
+    clip_norm = _positive(clip_norm, "clip_norm", allow_none=True)
+    divergence_factor = _positive(divergence_factor, "divergence_factor", allow_none=True)
     dev = resolve_device(device)
     elbo = make_objective(objective, num_particles, **(objective_options or {}))
     transform = get_transform(transform) if transform is not None else Identity()
     schedule = schedule if schedule is not None else JointSchedule()
     if epochs is None and schedule.total_steps is None:
         raise ValueError("epochs=None needs a schedule with a fixed number of rounds")
-    if (epochs is not None and epochs < 0) or batch_size < 1:
-        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
     if kl_annealing is not None and objective not in WEIGHTABLE_OBJECTIVES:
         raise ValueError(
             f"a KL weight applies to the objectives {list(WEIGHTABLE_OBJECTIVES)}, not "
             f"'{objective}': an importance-weighted bound mixes the likelihood and the "
             "latent terms inside a log-sum-exp, where no weight separates them"
         )
-    if eval_every is not None and eval_every < 1:
-        raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
     if patience is not None and test is None:
         raise ValueError("early stopping (patience) needs test data")
     raw_fields, levels, n_train = training_fields(train)
+    if n_train == 0:
+        raise ValueError("the training data has no data points")
     semi_supervised = label_field(raw_fields, model, guide)
     missing = semi_supervised[1] if semi_supervised is not None else None
     batch_size = min(batch_size, n_train)
@@ -220,6 +262,9 @@ def fit(
         )
     if epochs is None:
         epochs = math.ceil(schedule.total_steps / steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    if schedule.total_steps is not None:
+        total_steps = min(total_steps, schedule.total_steps)
     test_fields = None
     if test is not None:
         test_fields = prepare_fields(test, transform if data_field == "x" else None, dev)
@@ -239,12 +284,19 @@ def fit(
                 f"{checkpoint_path} exists; pass resume=True to continue that run, "
                 "overwrite=True to start afresh, or another run_dir"
             )
+    elif resume:
+        raise FileNotFoundError(
+            f"resume=True but {run_dir} holds no {ckpt.CHECKPOINT_NAME}; pass resume=False "
+            "to start a new run there"
+        )
     run_config = {
         "objective": objective,
         "num_particles": int(num_particles),
         "objective_options": objective_options or {},
         "batch_size": batch_size,
         "lr": lr,
+        **optim_lib.describe(optimizer, lr_schedule),
+        "clip_norm": clip_norm,
         "seed": seed,
         "transform": repr(transform),
         "num_train": n_train,
@@ -253,17 +305,9 @@ def fit(
         "eval_every": eval_every,
         "kl_annealing": kl_annealing.describe() if kl_annealing is not None else None,
     }
-    if state is not None:
-        changed = {
-            k: (state["config"].get(k), v)
-            for k, v in run_config.items()
-            if state["config"].get(k) != v
-        }
-        if changed:
-            raise ValueError(
-                "cannot resume with different settings (checkpoint value, now): "
-                + ", ".join(f"{k}={a!r}->{b!r}" for k, (a, b) in changed.items())
-            )
+    if lr_schedule not in (None, "constant"):
+        # the schedule spans the run: a resume with other epochs would bend it
+        run_config["total_steps"] = total_steps
 
     for module in (model, guide):
         if isinstance(module, torch.nn.Module):
@@ -283,71 +327,66 @@ def fit(
         preview[data_field] = transform_test_set(fields[data_field], transform, levels)
 
     store = pyro.get_param_store()
-    history: list[dict] = []
     with store.scope():
         first = _first(preview, missing, batch_size)
-        with full_data_size(n_train):
-            summary = check_pair(
-                model,
-                guide,
-                first,
-                allow_model_enumeration=objective == "enum",
-                check_support=check_support,
-                check_evaluation=True,
-            )
-            if missing is not None and bool(missing.any()) and not bool(missing.all()):
-                # a semi-supervised data set: check the unlabeled batches too
-                unlabeled = check_pair(
+        try:
+            with full_data_size(n_train), pyro.validation_enabled(True):
+                # the check draws evaluation's particles too (PairSummary.particle_mode)
+                summary = check_pair(
                     model,
                     guide,
-                    _first(preview, ~missing, batch_size),
+                    first,
                     allow_model_enumeration=objective == "enum",
                     check_support=check_support,
                 )
-                summary = merge_summaries(summary, unlabeled)
+                if missing is not None and bool(missing.any()) and not bool(missing.all()):
+                    # a semi-supervised data set: check the unlabeled batches too
+                    unlabeled = check_pair(
+                        model,
+                        guide,
+                        _first(preview, ~missing, batch_size),
+                        allow_model_enumeration=objective == "enum",
+                        check_support=check_support,
+                    )
+                    summary = merge_summaries(summary, unlabeled)
+        except ValueError as e:
+            if isinstance(e, ContractError) or "found invalid values" not in str(e):
+                raise
+            raise ContractError(
+                "invalid distribution parameters on the first batch"
+                f"{_where_invalid(e, model, guide)}: {str(e).splitlines()[0]}"
+            ) from e
         advice = objective_advice(summary, objective)
         if advice is not None:
             warn_once(f"objective-{objective}", advice)
         check_data_support(summary, preview)
-        frozen = frozen_parameters(schedule, summary)
-        if getattr(elbo, "max_plate_nesting", None) == float("inf"):
-            # The contract check has counted the plates: Pyro's ELBOs need not guess (as
-            # they do for a finite value given at construction, one more for the plate of
-            # vectorized particles).
-            vectorized = getattr(elbo, "vectorize_particles", False)
-            elbo.max_plate_nesting = summary.max_plate_nesting + int(vectorized)
         if test_fields is not None:
             check_data_support(summary, test_fields)
-        # The data plate scales a batch to the full data set (so global and local terms
-        # keep their relative weight); dividing the whole objective by N then makes the
-        # loss the per-data-point negative ELBO, the scale of plain PyTorch's batch-mean
-        # loss at which learning rates and Adam's eps are usually chosen. (On the default
-        # VAE both scalings gave test log-likelihoods within run-to-run variation.)
-        per_point = 1.0 / n_train
-        latent_scale = LatentScale(1.0)  # the KL weight, set before every step
-        # The pair's own data plate (any name, sized or not, subsampled or not) weighs a
-        # batch's points N / B, as the library's data_plate does (pyro_aevb.plate).
-        model_fn = latent_scale(
-            poutine.scale(
-                scale_to_data_set(
-                    _bind(model, list(call_arguments(model, first, "model"))),
-                    summary.data_plate,
-                    n_train,
-                ),
-                per_point,
-            )
+        step_fn = TrainingStep(
+            model,
+            guide,
+            elbo,
+            summary,
+            first,
+            n_train,
+            optimizer=optimizer,
+            lr=lr,
+            clip_norm=clip_norm,
+            schedule=schedule,
+            lr_schedule=lr_schedule,
+            total_steps=total_steps,
+            divergence_factor=divergence_factor,
         )
-        guide_fn = latent_scale(
-            poutine.scale(
-                scale_to_data_set(
-                    _bind(guide, list(call_arguments(guide, first, "guide"))),
-                    summary.data_plate,
-                    n_train,
-                ),
-                per_point,
-            )
+        history = History(
+            model,
+            guide,
+            test_fields,
+            seed=seed,
+            patience=patience,
+            history_metrics=history_metrics,
+            record_phase=not isinstance(schedule, JointSchedule),
+            record_kl_weight=kl_annealing is not None,
         )
-        optim = pyro.optim.Adam({"lr": lr})
         # Modules whose training depends on the step (a Gumbel-softmax temperature) say so
         # with a set_training_step method; the step count is checkpointed, so a resumed
         # run sets the same values.
@@ -356,90 +395,38 @@ def fit(
             for m in (model, guide)
             if callable(getattr(m, "set_training_step", None))
         ]
-
-        start_epoch, train_seconds, best, stopped = 0, 0.0, None, False
-        # steps, loss and seconds since the last history row (carried across epochs)
-        pending = {"steps": 0, "loss": 0.0, "seconds": 0.0}
+        start_epoch, train_seconds = 0, 0.0
         if state is not None:
-            _load_module_states(model, guide, state["modules"])
-            _copy_params(store, state["params"])
-            optim.set_state(state["optimizer"])
-            ckpt.set_rng_state(state["rng"])
-            generator.set_state(state["generator"])
-            history = list(state["history"])
-            start_epoch, train_seconds = state["epoch"], state["train_seconds"]
-            best, stopped = state["best"], state["stopped"]
-            pending = dict(state.get("pending", pending))
+            run_state.check_resumable(state, run_config, model, guide, checkpoint_path)
+            start_epoch, train_seconds = run_state.restore(
+                state, model=model, guide=guide, step=step_fn, generator=generator, history=history
+            )
 
         def save_checkpoint(epoch):
             if checkpoint_path is None:
                 return
-            ckpt.atomic_save(
-                {
-                    "epoch": epoch,
-                    "config": run_config,
-                    "modules": _module_states(model, guide),
-                    "params": _params_snapshot(store),
-                    "optimizer": optim.get_state(),
-                    "rng": ckpt.rng_state(),
-                    "generator": generator.get_state(),
-                    "history": history,
-                    "train_seconds": train_seconds,
-                    "best": best,
-                    "stopped": stopped,
-                    "pending": pending,
-                },
+            run_state.save(
                 checkpoint_path,
+                epoch=epoch,
+                config=run_config,
+                model=model,
+                guide=guide,
+                step=step_fn,
+                generator=generator,
+                history=history,
+                train_seconds=train_seconds,
+                metadata=run_metadata,
             )
-            _write_history(history, run_dir / HISTORY_NAME)
+            history.write_csv(run_dir / HISTORY_NAME)
 
-        def record(epoch, step_count, phase):
-            """Append a history row for the steps since the last one (nats per point)."""
-            nonlocal best, stopped
-            row = {
-                "epoch": epoch,
-                "step": step_count,
-                "train_loss": pending["loss"] / max(1, pending["steps"]),
-            }
-            if not isinstance(schedule, JointSchedule):
-                row["phase"] = phase
-            if kl_annealing is not None:
-                row["kl_weight"] = latent_scale.weight
-            if test_fields is not None:
-                test_elbo = elbo_per_datapoint(model, guide, test_fields, seed=seed)
-                row["test_elbo"] = float(test_elbo.mean())
-                evidence = exact_log_evidence(model, test_fields)
-                if evidence is not None:
-                    row["test_log_evidence"] = float(evidence.mean())
-                if history_metrics is not None:
-                    row.update(history_metrics(model, guide, test_fields))
-            row["train_seconds"] = pending["seconds"]
-            pending.update(steps=0, loss=0.0, seconds=0.0)
-            history.append(row)
-            if patience is not None:
-                if best is None or row["test_elbo"] > best["test_elbo"]:
-                    best = {
-                        "epoch": epoch,
-                        "test_elbo": row["test_elbo"],
-                        "params": _params_snapshot(store),
-                        "modules": _module_states(model, guide),
-                    }
-                elif epoch - best["epoch"] >= patience:
-                    stopped = True
-
-        total_steps = epochs * steps_per_epoch
-        if schedule.total_steps is not None:
-            total_steps = min(total_steps, schedule.total_steps)
         done = min(start_epoch * steps_per_epoch, total_steps)
-        bar = tqdm(
-            total=max(0, total_steps - done),
-            disable=not progress or stopped,
-            desc="fit",
-            dynamic_ncols=True,
-        )
-        epoch, last_phase = start_epoch, None
+        bar = _Progress(progress and not history.stopped, max(0, total_steps - done), epochs)
+        epoch, last_phase, kl_weight = start_epoch, None, 1.0
+        # Validation (Pyro's and torch's argument checks) for the first step of the run;
+        # the later ones skip it unless asked (evaluation runs with the global setting).
+        validated_step = 0 if state is None else -1
         try:
-            while epoch < epochs and not stopped:
+            while epoch < epochs and not history.stopped:
                 step_count = epoch * steps_per_epoch
                 if schedule.phase(step_count) is None:
                     break
@@ -452,13 +439,14 @@ def fit(
                 for module in (model, guide):
                     if isinstance(module, torch.nn.Module):
                         module.train()
-                epoch_loss, epoch_steps = 0.0, 0
+                epoch_loss, epoch_steps, row = 0.0, 0, None
                 for step in range(steps_per_epoch):
                     phase = schedule.phase(step_count)
                     if phase is None:
                         break
                     if kl_annealing is not None:
-                        latent_scale.weight = kl_annealing.weight(step_count)
+                        kl_weight = kl_annealing.weight(step_count)
+                        step_fn.pair.latent_scale.weight = kl_weight
                     for hook in step_hooks:
                         hook(step_count)
                     t0 = time.perf_counter()
@@ -467,69 +455,37 @@ def fit(
                         k: batch_rows(x if k == data_field else v, idx, k, n_train)
                         for k, v in fields.items()
                     }
-                    with full_data_size(n_train):
-                        loss = svi_step(
-                            elbo, optim, model_fn, guide_fn, batch, epoch, step, frozen[phase]
-                        )
+                    with pyro.validation_enabled(validate or step_count == validated_step):
+                        loss = step_fn(batch, phase, f"at epoch {epoch}, step {step + 1}")
                     seconds = time.perf_counter() - t0
                     train_seconds += seconds
                     step_count += 1
                     epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
-                    pending["loss"] += loss
-                    pending["steps"] += 1
-                    pending["seconds"] += seconds
+                    history.add_step(loss, seconds)
                     last_phase = phase
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{epoch_loss / epoch_steps:.2f}")
+                    bar.step()
                     if eval_every is not None and step_count % eval_every == 0:
-                        record(epoch, step_count, last_phase)
-                        if stopped:
+                        row = history.record(epoch, step_count, last_phase, kl_weight)
+                        if history.stopped:
                             break
                 # With eval_every, rows fall every eval_every steps and where the schedule
                 # ends, not where the epochs run out: a run extended by a resume then
                 # writes the same rows as one that was never stopped.
                 finished = schedule.phase(step_count) is None
-                if pending["steps"] and (eval_every is None or finished) and not stopped:
-                    record(epoch, step_count, last_phase)
+                pending = history.pending["steps"]
+                if pending and (eval_every is None or finished) and not history.stopped:
+                    row = history.record(epoch, step_count, last_phase, kl_weight)
+                bar.epoch(epoch, epoch_loss / max(1, epoch_steps), row)
                 save_checkpoint(epoch)
         finally:
             bar.close()
-
-        best_epoch = None
-        if best is not None:
-            _load_module_states(model, guide, best["modules"])
-            _copy_params(store, best["params"])
-            best_epoch = best["epoch"]
+        best_epoch = history.restore_best()
     return FitResult(
-        history=history,
+        history=history.rows,
         train_seconds=train_seconds,
         epochs_completed=epoch,
-        stopped_early=stopped,
+        stopped_early=history.stopped,
         best_epoch=best_epoch,
         run_dir=run_dir,
         summary=summary,
     )
-
-
-def _module_states(model, guide) -> dict:
-    """Copies of the ``nn.Module`` states (parameters and buffers) of the pair, by role."""
-    return {
-        role: {k: v.detach().clone() for k, v in m.state_dict().items()}
-        for role, m in (("model", model), ("guide", guide))
-        if isinstance(m, torch.nn.Module)
-    }
-
-
-def _load_module_states(model, guide, states: dict) -> None:
-    """Load what :func:`_module_states` returned, in place."""
-    for role, module in (("model", model), ("guide", guide)):
-        if role in states:
-            module.load_state_dict(states[role])
-
-
-def save_json(obj, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -1,0 +1,111 @@
+"""The state of a run that a checkpoint holds, so that a resumed run continues exactly.
+
+A checkpoint (``checkpoint.pt``, written atomically by :mod:`pyro_aevb.checkpoint`)
+holds the pair's parameters and module buffers, the optimizer's and learning-rate
+schedule's states, every random generator, the history, the settings that define
+the run and a fingerprint of the pair (its parameters' names and shapes), so that a
+resume refuses another pair or other settings instead of mixing two runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyro
+import torch
+
+from .. import checkpoint as ckpt
+from .history import History, copy_params, load_module_states, module_states, params_snapshot
+from .step import TrainingStep
+
+#: layout version of the checkpoint dict (1: pyro.optim optimizer states, before 0.2)
+CHECKPOINT_FORMAT = 2
+
+
+def fingerprint(model, guide) -> dict[str, list[int]]:
+    """Names and shapes of the pair's Pyro parameters and module states."""
+    shapes = {f"param:{n}": list(p.shape) for n, p in pyro.get_param_store().named_parameters()}
+    for role, states in module_states(model, guide).items():
+        shapes.update({f"{role}:{k}": list(v.shape) for k, v in states.items()})
+    return shapes
+
+
+def save(
+    path: str | os.PathLike,
+    *,
+    epoch: int,
+    config: dict,
+    model,
+    guide,
+    step: TrainingStep,
+    generator: torch.Generator,
+    history: History,
+    train_seconds: float,
+    metadata: dict | None = None,
+) -> None:
+    """Write the run's state to ``path`` atomically."""
+    ckpt.atomic_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "config": config,
+            "metadata": metadata or {},
+            "fingerprint": fingerprint(model, guide),
+            "modules": module_states(model, guide),
+            "params": params_snapshot(),
+            "step": step.state_dict(),
+            "rng": ckpt.rng_state(),
+            "generator": generator.get_state(),
+            "history": history.state_dict(),
+            "train_seconds": train_seconds,
+        },
+        path,
+    )
+
+
+def check_resumable(state: dict, config: dict, model, guide, path) -> None:
+    """Refuse a checkpoint of another format, pair or settings, naming the difference."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} was written by an older pyro-aevb (checkpoint format "
+            f"{state.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}: the optimizer "
+            "moved from pyro.optim to one torch optimizer); it cannot be resumed exactly. "
+            "Start the run afresh (overwrite) or resume it with the version that wrote it"
+        )
+    changed = {
+        k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v
+    }
+    if changed:
+        raise ValueError(
+            "cannot resume with different settings (checkpoint value, now): "
+            + ", ".join(f"{k}={a!r}->{b!r}" for k, (a, b) in changed.items())
+        )
+    now, then = fingerprint(model, guide), state["fingerprint"]
+    if now != then:
+        differ = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        raise ValueError(
+            f"{path} belongs to another model/guide pair: {len(differ)} parameter(s) differ "
+            f"in name or shape, e.g. "
+            + ", ".join(f"{k} {then.get(k)}->{now.get(k)}" for k in differ[:3])
+            + "; resume with the pair that wrote it"
+        )
+
+
+def restore(
+    state: dict, *, model, guide, step: TrainingStep, generator: torch.Generator, history: History
+) -> tuple[int, float]:
+    """Load a checkpoint's state in place; returns ``(epoch, train_seconds)``."""
+    load_module_states(model, guide, state["modules"])
+    copy_params(state["params"])
+    step.load_state_dict(state["step"])
+    ckpt.set_rng_state(state["rng"])
+    generator.set_state(state["generator"])
+    history.load_state_dict(state["history"])
+    return state["epoch"], state["train_seconds"]
+
+
+def trained_modules(state: dict) -> dict:
+    """The module states a finished run reports: the best ones when early stopping kept
+    them, else the last epoch's."""
+    best = state["history"]["best"]
+    return (best or state)["modules"]
