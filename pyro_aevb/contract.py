@@ -5,10 +5,15 @@ is the Pyro program, that follow four rules:
 
 1. **Same arguments.** Both are called with keyword arguments taken from the
    batch by name (``x`` the data, ``y`` the labels, ...). Each receives the
-   fields its signature names (all of them if it takes ``**kwargs``).
-2. **One data plate.** Per-data-point sites live in an outermost
-   ``pyro.plate("data", ...)``; use :func:`pyro_aevb.data_plate` so that
-   minibatch losses are scaled to the full data set during :func:`fit`.
+   fields its signature names (all of them if it takes ``**kwargs``); other
+   names, positional-only arguments and ``model``/``guide`` methods of one
+   ``nn.Module`` go through :mod:`pyro_aevb.arguments`.
+2. **One data plate.** Per-data-point sites live in one outermost plate over
+   the batch, whatever its name (:func:`pyro_aevb.plate.find_data_plate`):
+   :func:`pyro_aevb.data_plate`, ``pyro.plate("data", len(x))``,
+   ``pyro.plate("data")``, ``pyro.plate("data", N, subsample=idx)``. During
+   :func:`fit` its sites weigh ``N / B``
+   (:class:`pyro_aevb.plate.DataPlateScale`); the guide uses the same plate.
 3. **Observed sites** are given with ``obs=``.
 4. **Matching latents.** The guide samples every latent site of the model, with
    the same name, shape and ``event_dim`` (a model site marked for enumeration

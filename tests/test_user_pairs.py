@@ -55,6 +55,8 @@ class Pair(nn.Module):
             return pyro.plate("z_minibatch", len(x))
         if s == "subsample":  # the user's own indices into the full data set
             return pyro.plate("data", self.num_data, subsample=idx)
+        if s == "subsample_size":  # Pyro draws the indices (scaled N / B by Pyro itself)
+            return pyro.plate("data", self.num_data, subsample_size=len(x))
         raise ValueError(s)
 
     def model(self, x, idx=None):
@@ -111,9 +113,10 @@ def test_every_plate_spelling_trains_like_data_plate(spelling, reference):
 
 
 def test_the_scale_of_each_site_is_one_over_batch_size():
-    """Inside fit's binding every per-data-point site weighs N/B * 1/N = 1/B (by hand)."""
+    """Inside fit's binding every per-data-point site weighs N/B * 1/N = 1/B (by hand),
+    also where Pyro's own subsampling already applied N/B (never N^2/B^2)."""
     x = _data(30)
-    for spelling in ("library", "sized", "sizeless", "subsample"):
+    for spelling in ("library", "sized", "sizeless", "subsample", "subsample_size"):
         pair = Pair(spelling)
         bound = poutine.scale(scale_to_data_set(pair.guide, "data", N_TRAIN), 1.0 / N_TRAIN)
         from pyro_aevb.plate import full_data_size
@@ -369,6 +372,7 @@ class _Masked(nn.Module):
         self.decoder, self.encoder = nn.Linear(Z_DIM, X_DIM), nn.Linear(X_DIM, 2 * Z_DIM)
 
     def model(self, x, mask):
+        pyro.module("masked", self)
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Normal(x.new_zeros(Z_DIM), 1.0).to_event(1))
             mean = self.decoder(z)
@@ -398,6 +402,9 @@ def test_a_mask_indexing_model_evaluates_through_the_particle_loop():
     with torch.no_grad():
         a = importance_log_likelihood(unsafe.model, unsafe.guide, fields, 100, seed=1)
         b = importance_log_likelihood(safe.model, safe.guide, fields, 100, seed=2)
+    # fit finds it before the first step and trains and evaluates through the loop
+    _, result = _fit(unsafe.model, unsafe.guide, fields, fields, epochs=1)
+    assert result.summary.particle_mode == "loop" and "test_elbo" in result.history[-1]
     for est_a, est_b in ((a.elbo, b.elbo), (a.log_likelihood, b.log_likelihood)):
         diff = est_a - est_b  # paired over data points; independent draws
         se = diff.std() / diff.numel() ** 0.5
