@@ -39,7 +39,16 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from .contract import PairSummary, call_arguments, check_pair, is_latent_site
+from .arguments import batch_rows
+from .contract import (
+    ContractError,
+    PairSummary,
+    batch_size_of,
+    call_arguments,
+    check_pair,
+    is_latent_site,
+    warn_once,
+)
 from .data.dataset import Dataset, check_labels, validate_array
 from .data.transforms import Transform, get_transform, transform_test_set
 from .particles import log_prob_per_datapoint
@@ -85,6 +94,7 @@ def importance_terms(
     batch: Mapping[str, torch.Tensor],
     num_particles: int,
     summary: PairSummary,
+    vectorized: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-particle log-weights and ELBO terms, each ``(K, B)``, nats.
 
@@ -107,7 +117,30 @@ def importance_terms(
     :math:`\sum_y q(y \mid x)\,[\log p(x, y, z_{k,y}) - \log q(y \mid x)
     - \log q(z_{k,y} \mid x, y)]`, whose mean is the ELBO that ``TraceEnum_ELBO``
     maximizes.
+
+    With ``vectorized=False`` the particles are drawn one pass each, without the plate
+    of particles, for code that cannot broadcast over a leading dimension (boolean-mask
+    indexing ``x[mask]``, ``view(B, ...)``): the same estimator, ``K`` times the passes.
     """
+    if not vectorized:
+        parts = [
+            _importance_terms_once(model, guide, batch, 1, summary, particle_plate=False)
+            for _ in range(num_particles)
+        ]
+        return torch.cat([w for w, _ in parts]), torch.cat([e for _, e in parts])
+    return _importance_terms_once(model, guide, batch, num_particles, summary)
+
+
+def _importance_terms_once(
+    model: Callable,
+    guide: Callable,
+    batch: Mapping[str, torch.Tensor],
+    num_particles: int,
+    summary: PairSummary,
+    particle_plate: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of :func:`importance_terms`: ``num_particles`` in a plate of particles, or
+    one particle with no such plate (its dim is then a size-1 dim of every site)."""
     if summary.global_latent_sites:
         raise NotImplementedError(
             f"per-data-point evaluation needs every latent site inside the data plate, but "
@@ -117,7 +150,12 @@ def importance_terms(
     guide_kwargs = call_arguments(guide, batch, "guide")
     model_kwargs = call_arguments(model, batch, "model")
     nesting = summary.max_plate_nesting + 1  # the pair's plates + the particle plate
-    with pyro.plate("_importance_particles", num_particles, dim=-nesting):
+    particles = (
+        pyro.plate("_importance_particles", num_particles, dim=-nesting)
+        if particle_plate
+        else contextlib.nullcontext()
+    )
+    with particles:
         enumerated_guide = poutine.enum(guide, first_available_dim=-nesting - 1)
         guide_trace = poutine.trace(enumerated_guide).get_trace(**guide_kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
@@ -145,7 +183,7 @@ def importance_terms(
             log_q_enumerated = log_q_enumerated + per_datapoint(site)
         else:
             log_joint = log_joint - per_datapoint(site)
-    batch_size = next(iter(batch.values())).shape[0]
+    batch_size = batch_size_of(batch)
     shape = torch.broadcast_shapes(log_joint.shape, (1,) * num_enum + (num_particles, batch_size))
     log_joint = log_joint.expand(shape).reshape(-1, num_particles, batch_size)
     if not num_enum:
@@ -183,9 +221,59 @@ class ImportanceEstimate:
 
 
 def _batches(fields: Mapping[str, torch.Tensor], batch_size: int, device) -> Iterator[dict]:
-    n = next(iter(fields.values())).shape[0]
+    n = batch_size_of(fields)
     for start in range(0, n, batch_size):
-        yield {k: v[start : start + batch_size].to(device) for k, v in fields.items()}
+        index = torch.arange(start, min(n, start + batch_size))
+        yield {k: _to(batch_rows(v, index, k, n), device) for k, v in fields.items()}
+
+
+def _to(value, device):
+    return value.to(device) if hasattr(value, "to") and device is not None else value
+
+
+#: what the fallback warning tells the user to change for vectorized particles
+LOOP_ADVICE = (
+    "write the model and guide so that they broadcast over extra leading batch "
+    "dimensions: index with x[..., mask] or torch.where instead of x[mask], use "
+    "x.shape[-k:] and reshape(*x.shape[:-1], ...) instead of fixed sizes, and put "
+    "per-data-point sites in a plate with an explicit dim"
+)
+
+
+def probe_particle_mode(
+    model: Callable, guide: Callable, batch: Mapping, summary: PairSummary, particles: int = 2
+) -> str:
+    """Draw a few particles as evaluation does: ``"vectorized"`` if one pass through a
+    plate of particles gives finite weights of shape ``(K, B)``, else ``"loop"`` if one
+    pass per particle does (with a warning, once, saying what to change for speed).
+
+    :raises ContractError: if neither works, with both errors.
+    """
+    with torch.no_grad(), isolated(0), poutine.block():
+        try:
+            log_w, _ = importance_terms(model, guide, batch, particles, summary)
+            if log_w.shape == (particles, batch_size_of(batch)):
+                return "vectorized"
+            vector_error = f"weights of shape {tuple(log_w.shape)}"
+        except NotImplementedError:
+            raise  # what no mode of drawing particles changes (global latents)
+        except Exception as error:  # noqa: BLE001 - any failure selects the fallback
+            vector_error = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        try:
+            importance_terms(model, guide, batch, 1, summary, vectorized=False)
+        except Exception as error:  # noqa: BLE001
+            raise ContractError(
+                "evaluation cannot draw particles for this pair, neither vectorized "
+                f"({vector_error}) nor one at a time ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]})"
+            ) from error
+    warn_once(
+        "particle-loop",
+        f"the pair fails with vectorized particles ({vector_error}); evaluation draws "
+        "them one pass each instead (the same estimator, K times slower). For speed, "
+        + LOOP_ADVICE,
+    )
+    return "loop"
 
 
 def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
@@ -305,12 +393,15 @@ def importance_log_likelihood(
             bar.update(1)
             if summary is None:
                 summary = check_pair(model, guide, batch, allow_model_enumeration=True)
+            if summary.particle_mode is None:
+                summary.particle_mode = probe_particle_mode(model, guide, batch, summary)
+            vectorized = summary.particle_mode == "vectorized"
             parts = []
             # enumeration multiplies the rows of a pass by the number of values
             step = max(1, chunk // summary.guide_enumeration_size)
             for start in range(0, num_particles, step):
                 k = min(step, num_particles - start)
-                parts.append(importance_terms(model, guide, batch, k, summary))
+                parts.append(importance_terms(model, guide, batch, k, summary, vectorized))
             log_w = torch.cat([w for w, _ in parts]).double()  # (K, B)
             out["ll"].append(torch.logsumexp(log_w, 0) - math.log(num_particles))
             out["elbo"].append(torch.cat([e for _, e in parts]).double().mean(0))
@@ -465,8 +556,12 @@ class Evaluation:
                 evidence = self.log_evidence.double().to(values.device)
                 above(values, evidence, "the exact log-evidence", name)
             if self.discrete_likelihood:
-                above(values, torch.zeros_like(values), "0, the most log p(x) can be for a "
-                      "discrete likelihood,", name)
+                above(
+                    values,
+                    torch.zeros_like(values),
+                    "0, the most log p(x) can be for a discrete likelihood,",
+                    name,
+                )
         return out
 
     def metrics(self) -> dict:
@@ -513,16 +608,25 @@ def prepare_fields(
         fields = data.fields()
         levels = data.levels
     elif isinstance(data, Mapping):
-        fields = {k: _as_tensor(v, k) for k, v in data.items()}
+        # The data field is 'x', else the first array field that is not the labels; other
+        # fields may be lists or PackedSequences (cut per batch, pyro_aevb.arguments).
+        fields = {k: _as_tensor(v, k, strict=False) for k, v in data.items()}
         levels = None
-        if "x" not in fields:
-            raise ValueError(f"the test data need an 'x' field, got fields {sorted(fields)}")
-        validate_array(fields["x"], "x")
-        n = fields["x"].shape[0]
+        arrays = [k for k, v in fields.items() if isinstance(v, torch.Tensor) and k != "y"]
+        reference = "x" if "x" in fields else (arrays[0] if arrays else None)
+        if reference is None:
+            raise ValueError(
+                f"the test data need an 'x' field (or another data field), got fields "
+                f"{sorted(fields)}"
+            )
+        fields[reference] = _as_tensor(data[reference], reference)
+        validate_array(fields[reference], reference)
+        n = fields[reference].shape[0]
         for k, v in fields.items():
-            if v.dim() == 0 or v.shape[0] != n:
+            if isinstance(v, torch.Tensor) and (v.dim() == 0 or v.shape[0] != n):
                 raise ValueError(
-                    f"test field '{k}' has {v.shape[0] if v.dim() else 0} rows but 'x' has {n}"
+                    f"test field '{k}' has {v.shape[0] if v.dim() else 0} rows but "
+                    f"'{reference}' has {n}"
                 )
         if "y" in fields and fields["y"].is_floating_point():
             raise ValueError(
@@ -535,13 +639,16 @@ def prepare_fields(
         )
     if transform is not None:
         fields["x"] = transform_test_set(fields["x"], get_transform(transform), levels)
-    return {k: v.to(device) if device is not None else v for k, v in fields.items()}
+    return {
+        k: v.to(device) if device is not None and hasattr(v, "to") else v for k, v in fields.items()
+    }
 
 
-def _as_tensor(value, name: str) -> torch.Tensor:
+def _as_tensor(value, name: str, strict: bool = True):
+    """NumPy arrays become tensors; with ``strict``, anything else but a tensor is refused."""
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
-    if not isinstance(value, torch.Tensor):
+    if strict and not isinstance(value, torch.Tensor):
         raise ValueError(
             f"test field '{name}' must be a torch.Tensor or a NumPy array, "
             f"got {type(value).__name__}"
@@ -566,8 +673,12 @@ def _match_dtype(fields: dict, *modules) -> dict:
     dtype = _pair_dtype(*modules)
     if dtype is None:
         return fields
-    return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
-            for k, v in fields.items()}
+    return {
+        k: v.to(dtype)
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != dtype
+        else v
+        for k, v in fields.items()
+    }
 
 
 def _check_labels(model, fields: Mapping[str, torch.Tensor]) -> None:
@@ -594,8 +705,10 @@ def require_per_datapoint(summary: PairSummary) -> None:
 
 def _is_discrete_likelihood(summary: PairSummary) -> bool:
     supports = [support for _, support in summary.observed_fields.values()]
-    return bool(supports) and len(supports) == len(summary.observed_sites) and all(
-        getattr(s, "is_discrete", False) for s in supports
+    return (
+        bool(supports)
+        and len(supports) == len(summary.observed_sites)
+        and all(getattr(s, "is_discrete", False) for s in supports)
     )
 
 
@@ -660,9 +773,9 @@ def evaluate(
 
         return ais_evaluation(model, guide, fields, seed=seed, **ais_options)
     _check_labels(model, fields)
-    n = fields["x"].shape[0]
+    n = batch_size_of(fields)
     check_memory(num_particles, batch_size, n, device)
-    first = {k: v[:batch_size] for k, v in fields.items()}
+    first = next(_batches(fields, batch_size, None))
     # on a private stream: the caller's RNG and the estimates' draws stay as they were
     with isolated(seed, device), eval_mode(model, guide):
         summary = check_pair(model, guide, first, allow_model_enumeration=True)

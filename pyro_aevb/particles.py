@@ -45,7 +45,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 from .contract import is_latent_site as _is_latent
-from .plate import DATA_PLATE
+from .plate import DATA_PLATE, find_data_plate
 
 #: name of the plate that vectorizes the particles
 PARTICLE_PLATE = "_iw_particles"
@@ -77,10 +77,8 @@ def log_prob_per_datapoint(
     return lp.sum(dims) if dims else lp
 
 
-def _data_frame(site):
-    return next(
-        (f for f in site["cond_indep_stack"] if f.vectorized and f.name == DATA_PLATE), None
-    )
+def _data_frame(site, plate: str = DATA_PLATE):
+    return next((f for f in site["cond_indep_stack"] if f.vectorized and f.name == plate), None)
 
 
 def _same_scale(a, b) -> bool:
@@ -103,6 +101,7 @@ def check_sites(model_trace, guide_trace) -> tuple[int, int, float | torch.Tenso
     :raises ValueError: for unguided or enumerated latents, observations outside
         the data plate, or sites with different scales.
     """
+    plate = find_data_plate(model_trace, ignore=frozenset({PARTICLE_PLATE})) or DATA_PLATE
     guide_latents = {n: s for n, s in guide_trace.nodes.items() if _is_latent(s)}
     model_sites = {
         n: s
@@ -134,24 +133,24 @@ def check_sites(model_trace, guide_trace) -> tuple[int, int, float | torch.Tenso
             "bounds are not supported. Enumerate discrete latents in the model with the "
             "'enum' objective (TraceEnum_ELBO), or use a reparameterizable guide"
         )
-    global_latents = [n for n, s in guide_latents.items() if _data_frame(s) is None]
+    global_latents = [n for n, s in guide_latents.items() if _data_frame(s, plate) is None]
     if global_latents:
         raise NotImplementedError(
-            f"latent site(s) {global_latents} are global (outside pyro.plate('{DATA_PLATE}')); "
+            f"latent site(s) {global_latents} are global (outside pyro.plate('{plate}')); "
             "importance-weighted objectives weight each data point separately, which needs "
             "every latent inside the data plate. Make them parameters (pyro.param), move "
             "them into pyro_aevb.data_plate(x), or train with 'elbo' or 'renyi'"
         )
     sites = [s for s in model_sites.values()] + list(guide_latents.values())
-    loose = [s["name"] for s in sites if _data_frame(s) is None]
+    loose = [s["name"] for s in sites if _data_frame(s, plate) is None]
     if loose:
         raise ValueError(
-            f"site(s) {loose} are outside pyro.plate('{DATA_PLATE}'); wrap "
+            f"site(s) {loose} are outside pyro.plate('{plate}'); wrap "
             "per-data-point sites in pyro_aevb.data_plate(x)"
         )
-    frames = {(_data_frame(s).dim, _data_frame(s).size) for s in sites}
+    frames = {(_data_frame(s, plate).dim, _data_frame(s, plate).size) for s in sites}
     if len(frames) > 1:
-        raise ValueError(f"the '{DATA_PLATE}' plate appears with different (dim, size) {frames}")
+        raise ValueError(f"the '{plate}' plate appears with different (dim, size) {frames}")
     scale = sites[0]["scale"]
     odd = [s["name"] for s in sites if not _same_scale(s["scale"], scale)]
     if odd or (isinstance(scale, torch.Tensor) and scale.numel() != 1):
@@ -162,6 +161,11 @@ def check_sites(model_trace, guide_trace) -> tuple[int, int, float | torch.Tenso
             "scale such as KL annealing does not define an importance-weighted bound"
         )
     ((data_dim, batch_size),) = frames
+    if int(batch_size) <= 0:
+        # a plate without a size (pyro.plate("data")) takes the batch's: read it off the
+        # sites' batch shapes
+        shapes = [tuple(s["fn"].batch_shape) for s in sites]
+        batch_size = max(s[data_dim] if len(s) >= -data_dim else 1 for s in shapes)
     return data_dim, batch_size, scale
 
 

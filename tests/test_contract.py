@@ -62,7 +62,7 @@ def test_missing_data_plate_is_reported():
     def guide(x):
         pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
 
-    with pytest.raises(ContractError, match="'x' is not inside pyro.plate\\('data'"):
+    with pytest.raises(ContractError, match=r"\['x'\] are not inside a plate over the data points"):
         check_pair(model, guide, {"x": X})
 
 

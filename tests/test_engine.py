@@ -169,8 +169,8 @@ def test_validation_runs_on_the_check_and_the_first_step_only(digits, validate):
     model = _ValidationSpy(64, 4, (32,))
     _, guide = tiny_vae()
     fit(model, guide, train, epochs=2, validate=validate, **SETTINGS)
-    # contract check, then 4 steps
-    assert model.seen == [True, True] + [validate] * 3
+    # contract check (the pair, then evaluation's particles), then 4 steps
+    assert model.seen == [True, True, True] + [validate] * 3
     assert pyro.infer.util.is_validation_enabled()  # restored afterwards
 
 
@@ -190,11 +190,12 @@ class _NaNAfter(VAE):
 def test_nan_guard_stops_before_the_update_with_validation_off(digits, tmp_path):
     train, _ = _small(digits)
     torch.manual_seed(0)
-    model = _NaNAfter(64, 4, (32,), nan_from=9)  # check + 5 steps/epoch: epoch 2, step 3
+    # the check's 2 calls (the pair, evaluation's particles) + 5 steps/epoch: epoch 2, step 3
+    model = _NaNAfter(64, 4, (32,), nan_from=10)
     _, guide = tiny_vae()
     snapshots = []
     model.register_forward_pre_hook(
-        lambda m, args, kwargs: snapshots.append(_state(model, guide)) if m.calls == 7 else None,
+        lambda m, args, kwargs: snapshots.append(_state(model, guide)) if m.calls == 8 else None,
         with_kwargs=True,
     )
     with (

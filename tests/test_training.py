@@ -130,8 +130,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(digits, tmp_path, v
     """With Pyro's validation the NaN is caught in the distribution, without it in the loss."""
     train, _ = _small(digits)
     torch.manual_seed(0)
-    # The contract check makes one call, then 5 steps per epoch: call 9 is epoch 2, step 3.
-    model = _NaNAfter(64, 4, (32,), nan_from=9)
+    # The contract check makes two calls (the pair, then particles as evaluation draws
+    # them), then 5 steps per epoch: call 10 is epoch 2, step 3.
+    model = _NaNAfter(64, 4, (32,), nan_from=10)
     _, guide = tiny_vae()
     with (
         pyro.validation_enabled(validate),

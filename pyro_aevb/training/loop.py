@@ -27,8 +27,19 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from ..annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing
-from ..contract import ContractError, PairSummary, check_data_support, check_pair
-from ..data.dataset import Dataset, validate_array
+from ..arguments import adapt, batch_rows, label_field, num_rows, plan_batches, training_fields
+from ..arguments import steps_per_epoch as count_batches
+from ..contract import (
+    ContractError,
+    PairSummary,
+    check_data_support,
+    check_pair,
+    merge_summaries,
+    objective_advice,
+    observed_field,
+    warn_once,
+)
+from ..data.dataset import Dataset
 from ..data.transforms import Identity, Transform, get_transform, transform_test_set
 from ..device import resolve_device
 from ..evaluation import prepare_fields
@@ -60,18 +71,13 @@ class FitResult:
     summary: PairSummary | None = field(repr=False, default=None)
 
 
-def _training_fields(data) -> tuple[dict[str, torch.Tensor], int | None]:
-    if isinstance(data, Dataset):
-        return data.fields(), data.levels
-    if not isinstance(data, Mapping) or "x" not in data:
-        raise ValueError("data must be a pyro_aevb Dataset or a mapping of fields with 'x'")
-    fields = dict(data)
-    validate_array(fields["x"], "x")
-    n = fields["x"].shape[0]
-    for k, v in fields.items():
-        if v.shape[0] != n:
-            raise ValueError(f"field '{k}' has {v.shape[0]} rows but 'x' has {n}")
-    return fields, None
+def _first(fields: Mapping, exclude: torch.Tensor | None, size: int | None = None) -> dict:
+    """The first ``size`` data points (all if ``None``), leaving out the rows ``exclude``
+    marks (a semi-supervised batch holds labeled or unlabeled points, never both)."""
+    n = next(n for n in map(num_rows, fields.values()) if n is not None)
+    rows = torch.arange(n) if exclude is None else (~exclude.cpu()).nonzero().flatten()
+    rows = rows[: size if size is not None else n]
+    return {k: batch_rows(v, rows, k, n) for k, v in fields.items()}
 
 
 def _integer(value, name: str, minimum: int, allow_none: bool = False) -> int | None:
@@ -171,6 +177,8 @@ def fit(
     divergence_factor: float | None = 1e3,
     run_metadata: dict | None = None,
     progress: bool = True,
+    arguments: Mapping[str, str] | None = None,
+    check_support: bool = True,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -228,11 +236,20 @@ def fit(
         (at least 1 nat per data point); ``None`` disables the check.
     :param run_metadata: JSON-able facts stored in the checkpoint (e.g. a run id).
     :param progress: a progress bar on a terminal, one line per epoch otherwise.
+    :param arguments: the pair's parameter name -> data field, for a model and guide
+        whose arguments are named otherwise (``{"xs": "x", "ys": "y"}``); see
+        :mod:`pyro_aevb.arguments`. Fields with some rows missing (labels ``-1`` or NaN
+        rows) make a semi-supervised data set: each batch is then labeled or unlabeled,
+        and an unlabeled one calls the pair with the argument's default.
+    :param check_support: ``False`` skips the check of observed values against the
+        likelihood's support (with a warning), for pairs that mean to train e.g. a
+        Bernoulli likelihood on grey values.
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient (or a diverging
         loss), naming the epoch and step; the parameters and the last checkpoint stay
         as they were.
     """
     # Every check that can fail runs before any work is done.
+    model, guide = adapt(model, arguments), adapt(guide, arguments)
     seed = _integer(seed, "seed", 0)
     batch_size = _integer(batch_size, "batch_size", 1)
     epochs = _integer(epochs, "epochs", 0, allow_none=True)
@@ -255,18 +272,30 @@ def fit(
         )
     if patience is not None and test is None:
         raise ValueError("early stopping (patience) needs test data")
-    raw_fields, levels = _training_fields(train)
-    n_train = raw_fields["x"].shape[0]
+    raw_fields, levels, n_train = training_fields(train)
     if n_train == 0:
         raise ValueError("the training data has no data points")
+    semi_supervised = label_field(raw_fields, model, guide)
+    missing = semi_supervised[1] if semi_supervised is not None else None
     batch_size = min(batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    steps_per_epoch = count_batches(n_train, batch_size, missing)
+    # the field a transform applies to: 'x', else the one the model observes
+    data_field = "x" if "x" in raw_fields else observed_field(model, _first(raw_fields, missing))
+    if not isinstance(transform, Identity) and data_field is None:
+        raise ValueError(
+            f"transform {transform!r} applies to the data field, but no field of "
+            f"{sorted(raw_fields)} is named 'x' or observed by the model on the first batch"
+        )
     if epochs is None:
         epochs = math.ceil(schedule.total_steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
     if schedule.total_steps is not None:
         total_steps = min(total_steps, schedule.total_steps)
-    test_fields = prepare_fields(test, transform, dev) if test is not None else None
+    test_fields = None
+    if test is not None:
+        test_fields = prepare_fields(test, transform if data_field == "x" else None, dev)
+        if data_field != "x" and not isinstance(transform, Identity):
+            test_fields[data_field] = transform_test_set(test_fields[data_field], transform, levels)
 
     run_dir = Path(run_dir) if run_dir is not None else None
     checkpoint_path = run_dir / ckpt.CHECKPOINT_NAME if run_dir is not None else None
@@ -313,22 +342,39 @@ def fit(
     # Shuffling and per-epoch transforms draw from a generator on the data's device
     # (a CPU generator cannot drive CUDA sampling); its state is checkpointed.
     generator = torch.Generator(device=dev).manual_seed(seed)
-    fields = {k: v.to(dev) for k, v in raw_fields.items()}
+    fields = {k: v.to(dev) if hasattr(v, "to") else v for k, v in raw_fields.items()}
     deterministic_x = None
-    if not transform.resample_each_epoch:
-        deterministic_x = transform(fields["x"], None, levels)
+    if not transform.resample_each_epoch and data_field is not None:
+        deterministic_x = transform(fields[data_field], None, levels)
     # A seeded preview draw of the transformed data for the checks; it leaves the
     # training generator untouched.
-    preview = dict(fields, x=transform_test_set(fields["x"], transform, levels))
+    preview = dict(fields)
+    if data_field is not None:
+        preview[data_field] = transform_test_set(fields[data_field], transform, levels)
 
     store = pyro.get_param_store()
     with store.scope():
-        first = {k: v[:batch_size] for k, v in preview.items()}
+        first = _first(preview, missing, batch_size)
         try:
             with full_data_size(n_train), pyro.validation_enabled(True):
+                # the check draws evaluation's particles too (PairSummary.particle_mode)
                 summary = check_pair(
-                    model, guide, first, allow_model_enumeration=objective == "enum"
+                    model,
+                    guide,
+                    first,
+                    allow_model_enumeration=objective == "enum",
+                    check_support=check_support,
                 )
+                if missing is not None and bool(missing.any()) and not bool(missing.all()):
+                    # a semi-supervised data set: check the unlabeled batches too
+                    unlabeled = check_pair(
+                        model,
+                        guide,
+                        _first(preview, ~missing, batch_size),
+                        allow_model_enumeration=objective == "enum",
+                        check_support=check_support,
+                    )
+                    summary = merge_summaries(summary, unlabeled)
         except ValueError as e:
             if isinstance(e, ContractError) or "found invalid values" not in str(e):
                 raise
@@ -336,6 +382,9 @@ def fit(
                 "invalid distribution parameters on the first batch"
                 f"{_where_invalid(e, model, guide)}: {str(e).splitlines()[0]}"
             ) from e
+        advice = objective_advice(summary, objective)
+        if advice is not None:
+            warn_once(f"objective-{objective}", advice)
         check_data_support(summary, preview)
         if test_fields is not None:
             check_data_support(summary, test_fields)
@@ -411,9 +460,10 @@ def fit(
                     break
                 epoch += 1
                 x = deterministic_x
-                if x is None:
-                    x = transform(fields["x"], generator, levels)
+                if x is None and data_field is not None:
+                    x = transform(fields[data_field], generator, levels)
                 perm = torch.randperm(n_train, generator=generator, device=dev)
+                plan = plan_batches(perm, batch_size, missing)
                 for module in (model, guide):
                     if isinstance(module, torch.nn.Module):
                         module.train()
@@ -428,8 +478,11 @@ def fit(
                     for hook in step_hooks:
                         hook(step_count)
                     t0 = time.perf_counter()
-                    idx = perm[step * batch_size : (step + 1) * batch_size]
-                    batch = {k: (x if k == "x" else v)[idx] for k, v in fields.items()}
+                    idx = plan[step]
+                    batch = {
+                        k: batch_rows(x if k == data_field else v, idx, k, n_train)
+                        for k, v in fields.items()
+                    }
                     with pyro.validation_enabled(validate or step_count == validated_step):
                         loss = step_fn(batch, phase, f"at epoch {epoch}, step {step + 1}")
                     seconds = time.perf_counter() - t0

@@ -34,7 +34,7 @@ from pyro import poutine
 
 from ..annealing import LatentScale
 from ..contract import PairSummary, call_arguments
-from ..plate import full_data_size
+from ..plate import DATA_PLATE, full_data_size, scale_to_data_set
 from ..schedules import PHASES, AlternatingSchedule
 from . import optim as optim_lib
 
@@ -91,19 +91,30 @@ def _selecting(fn: Callable, names: list[str]) -> Callable:
 
 
 def bind_pair(
-    model: Callable, guide: Callable, batch: Mapping[str, torch.Tensor], num_data: int
+    model: Callable,
+    guide: Callable,
+    batch: Mapping[str, torch.Tensor],
+    num_data: int,
+    data_plate: str = DATA_PLATE,
 ) -> BoundPair:
     """Bind a pair for training on batches like ``batch`` from ``num_data`` points.
 
     The data plate scales a batch to the full data set (so global and local terms keep
     their relative weight); dividing the whole objective by ``N`` then makes the loss
     the per-data-point negative ELBO, the scale of plain PyTorch's batch-mean loss at
-    which learning rates and Adam's ``eps`` are usually chosen.
+    which learning rates and Adam's ``eps`` are usually chosen. The pair's own plate
+    ``data_plate`` (any name; sized, sizeless or subsampled) gets exactly ``N / B``
+    (:class:`~pyro_aevb.plate.DataPlateScale`), the library's ``data_plate`` keeps its
+    numbers bit for bit.
     """
     per_point = 1.0 / num_data
     latent_scale = LatentScale(1.0)
-    model_fn = _selecting(model, list(call_arguments(model, batch, "model")))
-    guide_fn = _selecting(guide, list(call_arguments(guide, batch, "guide")))
+    model_fn = scale_to_data_set(
+        _selecting(model, list(call_arguments(model, batch, "model"))), data_plate, num_data
+    )
+    guide_fn = scale_to_data_set(
+        _selecting(guide, list(call_arguments(guide, batch, "guide"))), data_plate, num_data
+    )
     return BoundPair(
         latent_scale(poutine.scale(model_fn, per_point)),
         latent_scale(poutine.scale(guide_fn, per_point)),
@@ -173,7 +184,7 @@ class TrainingStep:
     ):
         self.model, self.guide, self.objective = model, guide, objective
         self.num_data = int(num_data)
-        self.pair = bind_pair(model, guide, batch, num_data)
+        self.pair = bind_pair(model, guide, batch, num_data, summary.data_plate)
         self.clip_norm = clip_norm
         self.divergence_factor = divergence_factor
         #: smallest |loss| seen so far, the reference of the divergence check
