@@ -119,6 +119,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="cases of the fit measurement (default: --cases; none to skip)",
     )
+    parser.add_argument(
+        "--fit-threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="thread counts of the fit measurement (default: --threads)",
+    )
     parser.add_argument("--fit-epochs", type=int, default=3)
     parser.add_argument("--fit-repeats", type=int, default=3, help="interleaved fit/plain runs")
     parser.add_argument(
@@ -140,10 +147,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                 setattr(args, name, value)
     if args.fit_cases is None:
         args.fit_cases = list(args.cases)
+    if args.fit_threads is None:
+        args.fit_threads = list(args.threads)
+    if args.fit_epochs < 2:
+        parser.error("--fit-epochs must be at least 2 (epochs 2 on are the steady state)")
     if args.out is None:
         device = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
         args.out = "bench/results/step_speed" + device + ("_quick" if args.quick else "")
-    for name in ("threads", "batch_sizes", "gmvae_batch_sizes"):
+    for name in ("threads", "fit_threads", "batch_sizes", "gmvae_batch_sizes"):
         if min(getattr(args, name)) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
@@ -500,6 +511,8 @@ def markdown_report(results: dict) -> str:
         "times move with it, the per-round ratios much less.",
         "",
     ]
+    if not results.get("complete", True):
+        lines += ["**Incomplete**: the run stopped before its last case.", ""]
     if results.get("fit"):
         lines += [
             f"## `fit` against plain loops (batch 100, {results['fit'][0]['epochs']} epochs, "
@@ -619,6 +632,18 @@ def main(argv=None) -> dict:
         "fit": [],
     }
     fit_train = train if args.fit_points is None else train.subset(range(args.fit_points))
+    json_path, md_path = Path(args.out + ".json"), Path(args.out + ".md")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool) -> None:
+        """Rewritten after every case, so an interrupted run keeps what it measured."""
+        results["complete"] = complete
+        results["environment"] = environment(args.threads)
+        results["load_average"] = {"start": list(load_start), "end": list(os.getloadavg())}
+        results["wall_seconds"] = time.perf_counter() - started
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        md_path.write_text(markdown_report(results))
+
     for threads in args.threads:
         torch.set_num_threads(threads)
         for case in args.cases:
@@ -627,6 +652,7 @@ def main(argv=None) -> dict:
                 r = time_case(case, train, batch_size, args, device)
                 r["threads"] = threads
                 results["steps"].append(r)
+                save(False)
                 ms, paired = r["ms_per_step_median"], r["ratio_over_plain_median_of_rounds"]
                 print(
                     f"step {threads}t b{batch_size} {case}: ours {ms['ours']:.2f} ms, plain "
@@ -634,10 +660,13 @@ def main(argv=None) -> dict:
                     f"{ms['pyro_svi']:.2f}; ours/plain {paired['ours']:.2f}",
                     flush=True,
                 )
+    for threads in args.fit_threads:
+        torch.set_num_threads(threads)
         for case in args.fit_cases:
             r = time_fit(case, fit_train, args, device)
             r["threads"] = threads
             results["fit"].append(r)
+            save(False)
             ms = r["ms_per_step_median"]
             print(
                 f"fit {threads}t {case}: {ms['ours']:.2f} ms/step, plain {ms['plain']:.2f}, "
@@ -646,13 +675,7 @@ def main(argv=None) -> dict:
                 f"{r['ratio_ours_over_plain_fused_median_of_runs']:.2f}",
                 flush=True,
             )
-    results["environment"] = environment(args.threads)
-    results["load_average"] = {"start": list(load_start), "end": list(os.getloadavg())}
-    results["wall_seconds"] = time.perf_counter() - started
-    json_path, md_path = Path(args.out + ".json"), Path(args.out + ".md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown_report(results))
+    save(True)
     print(f"wrote {json_path} and {md_path} ({results['wall_seconds']:.0f} s)")
     return results
 
