@@ -311,7 +311,7 @@ def time_case(case: str, train, batch_size: int, args, device) -> dict:
     runners["plain"](2)
     sync()
     per_step = (time.perf_counter() - t0) / 2
-    steps = max(2, math.ceil(args.round_seconds / per_step))
+    steps = max(1, math.ceil(args.round_seconds / per_step))
     timing = time_step_variants(runners, 0, args.rounds, steps, synchronize=sync)
     return {
         "case": case,
