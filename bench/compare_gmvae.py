@@ -21,12 +21,12 @@ errors of that mean), and ours' training step is not slower than plain's (median
 per-round ratios ours / plain <= 1).
 
 Speed: the time of one training step on the same binarized batch, for the step
-``pyro_aevb.fit`` takes (``steps.svi_step``), for a stock ``pyro.infer.SVI`` step with
+``pyro_aevb.fit`` takes (``pyro_aevb.TrainingStep``), for a stock ``pyro.infer.SVI`` step with
 ``TraceEnum_ELBO(max_plate_nesting=1)`` and for the plain step, timed in rounds that
 rotate the order of the three; medians over rounds are reported.
 
-Run ``python bench/compare_gmvae.py --quick`` for a smoke run and
-``python bench/compare_gmvae.py --dataset mnist-subset`` (or ``--dataset fashion-mnist``)
+Run ``python -m bench.compare_gmvae --quick`` (from the repository root) for a smoke run and
+``python -m bench.compare_gmvae --dataset mnist-subset`` (or ``--dataset fashion-mnist``)
 for the benchmark; see ``bench/README.md`` for the settings and their cost.
 """
 
@@ -45,13 +45,18 @@ from pathlib import Path
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
-from pyro_aevb.steps import svi_step
 
 import pyro_aevb
-from pyro_aevb.annealing import LatentScale
+from bench.library_step import library_step_runner
+from bench.plain_gmvae import (
+    build_plain_gmvae,
+    make_train_step,
+    plain_cluster_metrics,
+    plain_importance_log_likelihood,
+    train_plain,
+)
+from bench.timing import environment, time_step_variants
 from pyro_aevb.clustering import cluster_metrics
-from pyro_aevb.contract import call_arguments, check_pair
 from pyro_aevb.data import (
     DEBIAN_FASHION_MNIST,
     get_transform,
@@ -59,19 +64,7 @@ from pyro_aevb.data import (
     transform_test_set,
 )
 from pyro_aevb.evaluation import prepare_fields
-from pyro_aevb.objectives import make_objective
 from pyro_aevb.pairs import GMVAE_PAIR
-from pyro_aevb.training import _bind
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_vae import environment, time_step_variants  # noqa: E402  (sibling scripts)
-from plain_gmvae import (  # noqa: E402
-    build_plain_gmvae,
-    make_train_step,
-    plain_cluster_metrics,
-    plain_importance_log_likelihood,
-    train_plain,
-)
 
 TRANSFORM = GMVAE_PAIR.training["transform"]
 #: ours "matches" plain when its mean difference (ours - plain) over the seeds is at
@@ -310,38 +303,18 @@ def time_steps(train, args) -> dict:
     x_batch = torch.bernoulli(train.x[:batch_size], generator=generator)
     store = pyro.get_param_store()
 
-    # ours: the exact step pyro_aevb.fit takes, set up as fit sets it up
+    # ours: the step pyro_aevb.fit takes, set up as fit sets it up (bench/library_step.py):
+    # the plate count from the contract check, the 1/N scale, the KL-weight messenger
     ours_model, ours_guide = build_ours(train, 0)
-    ours_batch = {"x": x_batch}
-    ours_elbo = make_objective(settings["objective"], settings["num_particles"])
-    with pyro_aevb.full_data_size(n_train), store.scope():
-        summary = check_pair(ours_model, ours_guide, ours_batch, allow_model_enumeration=True)
-    # as fit does: the ELBO gets the plate count from the contract check instead of guessing
-    # (one more for the plate of vectorized particles)
-    if getattr(ours_elbo, "max_plate_nesting", None) == float("inf"):
-        vectorized = getattr(ours_elbo, "vectorize_particles", False)
-        ours_elbo.max_plate_nesting = summary.max_plate_nesting + int(vectorized)
-    ours_optim = pyro.optim.Adam({"lr": lr})
-    # As in fit: the batch's fields bound by name, the objective divided by N so the loss
-    # is per data point, and the (here inactive) KL weight messenger around both.
-    per_point = 1.0 / n_train
-    latent_scale = LatentScale(1.0)
-    ours_model_fn = latent_scale(
-        poutine.scale(
-            _bind(ours_model, list(call_arguments(ours_model, ours_batch, "model"))), per_point
-        )
+    ours_steps, _ = library_step_runner(
+        ours_model,
+        ours_guide,
+        {"x": x_batch},
+        n_train,
+        settings["objective"],
+        settings["num_particles"],
+        lr=lr,
     )
-    ours_guide_fn = latent_scale(
-        poutine.scale(
-            _bind(ours_guide, list(call_arguments(ours_guide, ours_batch, "guide"))), per_point
-        )
-    )
-    ours_scope: dict = {"params": {}, "constraints": {}}
-
-    def ours_steps(n: int) -> None:
-        with store.scope(ours_scope), pyro_aevb.full_data_size(n_train):
-            for i in range(n):
-                svi_step(ours_elbo, ours_optim, ours_model_fn, ours_guide_fn, ours_batch, 0, i)
 
     # stock Pyro: SVI.step with TraceEnum_ELBO and the same optimizer, no finiteness check
     svi_model, svi_guide = build_ours(train, 0)
@@ -376,9 +349,10 @@ def time_steps(train, args) -> dict:
             a / b for a, b in zip(per_round["ours"], per_round["plain"], strict=True)
         ),
         "speed_pass": paired["ours"] <= 1.0,
-        "ours_step": "pyro_aevb.steps.svi_step (TraceEnum_ELBO + pyro.optim.Adam, with the "
-        "library's finiteness check) on model and guide scaled by 1/N as fit does, inside a "
-        "param-store scope and full_data_size(N)",
+        "ours_step": "pyro_aevb.TrainingStep as fit builds it (check_pair on the batch, "
+        "TraceEnum_ELBO.differentiable_loss scaled by 1/N, one torch Adam over the pair's "
+        "parameters, the non-finite guard; validation on for the first step only), inside a "
+        "param-store scope",
         "pyro_svi_step": "pyro.infer.SVI.step with TraceEnum_ELBO(max_plate_nesting=1) and "
         "pyro.optim.Adam",
         "plain_step": "zero_grad, forward over all C clusters at once, -mean enumerated ELBO, "
@@ -520,7 +494,7 @@ def timing_lines(t: dict, env: dict) -> list[str]:
     ]
     ms, paired = t["ms_per_step_median"], t["ratio_over_plain_median_of_rounds"]
     for name, label in (
-        ("ours", "ours (`pyro_aevb.steps.svi_step`, `TraceEnum_ELBO`)"),
+        ("ours", "ours (`pyro_aevb.TrainingStep`, `TraceEnum_ELBO`)"),
         ("pyro_svi", "stock `pyro.infer.SVI.step`, `TraceEnum_ELBO`"),
         ("plain", "plain PyTorch"),
     ):
@@ -549,7 +523,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = "python -m bench.compare_gmvae " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     load_before = os.getloadavg()
     # torch.optim imports torch._dynamo (about a second) on first use; pay that here
     # rather than in whichever implementation happens to train first.

@@ -19,7 +19,7 @@ ELBO, PIWAE above MIWAE above CIWAE above the VAE) are compared point by point o
 the same test points; the report gives each difference with its paired standard
 error over test points (which leaves out the run-to-run spread of training).
 
-``python bench/compare_objectives.py --quick`` is a smoke run that also measures the
+``python -m bench.compare_objectives --quick`` is a smoke run that also measures the
 seconds per epoch of every setting; ``--epochs N`` sets the real run. Results are
 written after every setting, so an interrupted run keeps what it finished and
 ``--resume`` completes it.
@@ -42,11 +42,9 @@ from pyro_aevb.guides import DiagonalNormalEncoder
 from pyro_aevb.models import VAE
 
 import pyro_aevb
-from pyro_aevb.data import load_dataset
+from bench.timing import environment
+from pyro_aevb.data import DEBIAN_FASHION_MNIST, load_dataset
 from pyro_aevb.evaluation import prepare_fields
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_vae import environment  # noqa: E402  (a sibling script, not an installed package)
 
 #: label -> (objective name, num_particles K, objective options)
 SETTINGS: dict[str, tuple[str, int, dict]] = {
@@ -98,7 +96,6 @@ ORDER_CHECKS = [
 
 #: variance over the test set of a unit's guide mean above which the unit is active
 ACTIVE_UNIT_THRESHOLD = 0.01
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 QUICK = {"epochs": 1, "eval_points": 100}
 
 
@@ -108,7 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dataset", default="mnist-subset", choices=["mnist-subset", "fashion-mnist", "mnist"]
     )
     parser.add_argument(
-        "--data-dir", default=None, help=f"IDX folder (fashion-mnist default: {FASHION_MNIST_DIR})"
+        "--data-dir",
+        default=None,
+        help=f"IDX folder (fashion-mnist default: {DEBIAN_FASHION_MNIST})",
     )
     parser.add_argument(
         "--max-train",
@@ -174,7 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.epochs is None:
         parser.error("give --epochs (or --quick)")
     if args.dataset == "fashion-mnist" and args.data_dir is None:
-        args.data_dir = FASHION_MNIST_DIR
+        args.data_dir = DEBIAN_FASHION_MNIST
     if args.out is None:
         results_dir = Path(__file__).resolve().parent / "results"
         stem = {"mnist-subset": "subset"}.get(args.dataset, args.dataset.replace("-", "_"))
@@ -421,9 +420,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    # paths inside the repository as the README gives them, from its root
-    command = command.replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+    command = "python -m bench.compare_objectives " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     load_before = os.getloadavg()
 
     train, test = load_data(args)

@@ -12,52 +12,45 @@ The quality bar: averaged over the seeds, ours is no worse than plain by more
 than ``QUALITY_TOLERANCE_NATS`` in test log-likelihood.
 
 Speed: the CPU time of one training step on the same binarized batch, for the
-step ``pyro_aevb.fit`` takes (``steps.svi_step``), for a stock ``pyro.infer.SVI``
+step ``pyro_aevb.fit`` takes (``pyro_aevb.TrainingStep``), for a stock ``pyro.infer.SVI``
 step (same objective and optimizer, to tell the library's own overhead from
 Pyro's) and for the plain step. Steps are timed in rounds that rotate the order
 of the implementations; the median over rounds is reported.
 
-Run ``python bench/compare_vae.py --quick`` for a smoke run (under a minute) and
-``python bench/compare_vae.py`` for the full benchmark (about 10 minutes on 2 cores).
+Run ``python -m bench.compare_vae --quick`` from the repository root for a smoke run
+(under a minute) and ``python -m bench.compare_vae`` for the full benchmark (about 10
+minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
-from pyro_aevb.steps import svi_step
 
 import pyro_aevb
-from pyro_aevb.contract import call_arguments
-from pyro_aevb.data import get_transform, load_mnist_subset, transform_test_set
-from pyro_aevb.evaluation import prepare_fields
-from pyro_aevb.objectives import make_objective
-from pyro_aevb.pairs import VAE_PAIR
-from pyro_aevb.training import _bind
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plain_vae import (  # noqa: E402  (a sibling script, not an installed package)
+from bench.library_step import library_step_runner
+from bench.plain_vae import (
     build_plain_vae,
     make_train_step,
     plain_importance_log_likelihood,
     train_plain,
 )
+from bench.timing import environment, time_step_variants
+from pyro_aevb.data import get_transform, load_mnist_subset, transform_test_set
+from pyro_aevb.evaluation import prepare_fields
+from pyro_aevb.objectives import make_objective
+from pyro_aevb.pairs import VAE_PAIR
 
 #: ours may trail plain by at most this much mean test log-likelihood (nats per data point)
 QUALITY_TOLERANCE_NATS = 0.5
@@ -216,26 +209,17 @@ def time_steps(train, args) -> dict:
     x_batch = torch.bernoulli(train.x[:batch_size], generator=generator)
     store = pyro.get_param_store()
 
-    # ours: the exact step pyro_aevb.fit takes, set up as fit sets it up
+    # ours: the step pyro_aevb.fit takes, set up as fit sets it up (bench/library_step.py)
     ours_model, ours_guide = build_ours(train, 0)
-    ours_batch = {"x": x_batch}
-    ours_elbo = make_objective(settings["objective"], settings["num_particles"])
-    ours_optim = pyro.optim.Adam({"lr": lr})
-    # As in fit: the batch's fields bound by name, and the objective divided by N so the
-    # loss is per data point (fit does this since commit 632e0a8).
-    per_point = 1.0 / n_train
-    ours_model_fn = poutine.scale(
-        _bind(ours_model, list(call_arguments(ours_model, ours_batch, "model"))), scale=per_point
+    ours_steps, _ = library_step_runner(
+        ours_model,
+        ours_guide,
+        {"x": x_batch},
+        n_train,
+        settings["objective"],
+        settings["num_particles"],
+        lr=lr,
     )
-    ours_guide_fn = poutine.scale(
-        _bind(ours_guide, list(call_arguments(ours_guide, ours_batch, "guide"))), scale=per_point
-    )
-    ours_scope: dict = {"params": {}, "constraints": {}}
-
-    def ours_steps(n: int) -> None:
-        with store.scope(ours_scope), pyro_aevb.full_data_size(n_train):
-            for i in range(n):
-                svi_step(ours_elbo, ours_optim, ours_model_fn, ours_guide_fn, ours_batch, 0, i)
 
     # stock Pyro: SVI.step with the same objective and optimizer, no finiteness check
     svi_model, svi_guide = build_ours(train, 0)
@@ -264,9 +248,10 @@ def time_steps(train, args) -> dict:
     runners = {"ours": ours_steps, "pyro_svi": svi_steps, "plain": plain_steps}
     return {
         **time_step_variants(runners, args.warmup, args.rounds, args.timing_steps),
-        "ours_step": "pyro_aevb.steps.svi_step (Trace_ELBO + pyro.optim.Adam, with the "
-        "library's finiteness check) on model and guide scaled by 1/N as fit does, inside a "
-        "param-store scope and full_data_size(N)",
+        "ours_step": "pyro_aevb.TrainingStep as fit builds it (check_pair on the batch, "
+        "objective.differentiable_loss scaled by 1/N, one torch Adam over the pair's "
+        "parameters, the non-finite guard; validation on for the first step only), inside a "
+        "param-store scope",
         "pyro_svi_step": "pyro.infer.SVI.step with the same Trace_ELBO and pyro.optim.Adam",
         "plain_step": "zero_grad, forward, -mean ELBO, backward, torch.optim.Adam.step",
         "batch_size": batch_size,
@@ -274,72 +259,6 @@ def time_steps(train, args) -> dict:
         "warmup_steps": args.warmup,
         "timed_steps_per_round": args.timing_steps,
         "rounds": args.rounds,
-    }
-
-
-def time_step_variants(runners: dict, warmup: int, rounds: int, steps: int) -> dict:
-    """Time ``runners`` (name -> ``run(n)`` taking ``n`` training steps; ``plain`` among them)
-    in ``rounds`` rounds of ``steps`` steps each after ``warmup`` untimed steps, the order
-    rotating between rounds; ms per step, medians and the ratios to ``plain``."""
-    names = list(runners)
-    for run in runners.values():
-        run(warmup)
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        # rotate the order so that no variant always runs first (or last) in a round
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            runners[name](steps)
-            per_round[name].append(1e3 * (time.perf_counter() - t0) / steps)
-    median = {name: statistics.median(ms) for name, ms in per_round.items()}
-    # Ratios within a round compare steps timed seconds apart, so a slow spell of the
-    # (shared, virtualized) machine cancels out; their median is the steadier ratio.
-    paired = {
-        name: statistics.median(a / b for a, b in zip(ms, per_round["plain"], strict=True))
-        for name, ms in per_round.items()
-        if name != "plain"
-    }
-    return {
-        "ms_per_step_median": median,
-        # the least disturbed round, a cross-check when other processes share the cores
-        "ms_per_step_min": {name: min(ms) for name, ms in per_round.items()},
-        "ms_per_step_per_round": per_round,
-        "ratio_ours_over_plain": median["ours"] / median["plain"],
-        "ratio_pyro_svi_over_plain": median["pyro_svi"] / median["plain"],
-        "ratio_over_plain_median_of_rounds": paired,
-    }
-
-
-def git_state() -> dict:
-    """The library's commit and whether its working tree differs from it (read-only git)."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*cmd):
-        try:
-            return subprocess.run(
-                ["git", *cmd], cwd=root, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--", "pyro_aevb", "models", "guides")
-    return {"commit": git("rev-parse", "HEAD"), "library_tree_dirty": bool(status)}
-
-
-def environment(threads: int) -> dict:
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "numpy": np.__version__,
-        "pyro_aevb": pyro_aevb.__version__,
-        **git_state(),
     }
 
 
@@ -416,7 +335,7 @@ def markdown_report(results: dict) -> str:
     ]
     ms, paired = t["ms_per_step_median"], t["ratio_over_plain_median_of_rounds"]
     for name, label in (
-        ("ours", "ours (`pyro_aevb.steps.svi_step`)"),
+        ("ours", "ours (`pyro_aevb.TrainingStep`, as `fit` builds it)"),
         ("pyro_svi", "stock `pyro.infer.SVI.step`"),
         ("plain", "plain PyTorch"),
     ):
@@ -446,7 +365,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = "python -m bench.compare_vae " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
 
     load_before = os.getloadavg()
     # torch.optim imports torch._dynamo (about a second) on first use; pay that here

@@ -126,6 +126,69 @@ def negative_elbo(encoder: Encoder, decoder: Decoder, x_batch: torch.Tensor) -> 
     return -log_weights(encoder, decoder, x_batch).mean()
 
 
+def negative_elbo_analytic_kl(
+    encoder: Encoder, decoder: Decoder, x_batch: torch.Tensor
+) -> torch.Tensor:
+    """Minus the ELBO with the Gaussian KL in closed form, averaged over the batch:
+    ``-(log p(x | z) - KL(q(z | x) || N(0, I)))`` with one reparameterized ``z``, the
+    estimator of Pyro's ``TraceMeanField_ELBO`` (Kingma & Welling, 2014, eq. 10)."""
+    loc, scale = encoder(x_batch)
+    z = loc + scale * torch.randn_like(loc)
+    kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1).sum(-1) - scale.log().sum(-1)
+    return -(bernoulli_log_likelihood(decoder(z), x_batch) - kl).mean()
+
+
+def negative_iwae(
+    encoder: Encoder, decoder: Decoder, x_batch: torch.Tensor, num_particles: int
+) -> torch.Tensor:
+    """Minus the importance-weighted bound of Burda et al. (2016), averaged over the
+    batch: ``-mean_i log (1/K) sum_k w_ik``, differentiated through the samples."""
+    log_w = log_weights(encoder, decoder, x_batch, num_particles)  # (K, B)
+    return -(torch.logsumexp(log_w, 0) - math.log(num_particles)).mean()
+
+
+def negative_iwae_dreg(
+    encoder: Encoder, decoder: Decoder, x_batch: torch.Tensor, num_particles: int
+) -> torch.Tensor:
+    """Minus the importance-weighted bound with the doubly reparameterized gradient of
+    Tucker et al. (2019) for the encoder.
+
+    The value is that of :func:`negative_iwae`. Its gradient: for the decoder,
+    ``sum_k w~_k grad log w_k`` (normalized weights ``w~``, the IWAE gradient); for the
+    encoder, ``sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi)``, the path derivative
+    with ``log q`` evaluated at stopped (detached) distribution parameters. Both come from
+    one backward pass of ``sum_k w~_k log w_k``: a hook on ``z`` multiplies the gradient
+    reaching the samples by ``w~_k`` once more.
+    """
+    loc, scale = encoder(x_batch)
+    z = loc + scale * torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
+    log_w = (
+        standard_normal_log_prob(z)
+        + bernoulli_log_likelihood(decoder(z), x_batch)
+        - diagonal_normal_log_prob(z, loc.detach(), scale.detach())
+    )  # (K, B)
+    weights = torch.softmax(log_w.detach(), 0)
+    if z.requires_grad:
+        z.register_hook(lambda grad: grad * weights.unsqueeze(-1))
+    surrogate = (weights * log_w).sum(0)
+    bound = torch.logsumexp(log_w.detach(), 0) - math.log(num_particles)
+    # the bound's value, the surrogate's gradient
+    return -(bound + surrogate - surrogate.detach()).mean()
+
+
+def make_loss_step(loss_fn, optimizer: torch.optim.Optimizer):
+    """``step(x_batch) -> loss``: one update of ``optimizer`` on ``loss_fn(x_batch)``."""
+
+    def step(x_batch: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(x_batch)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
 def make_train_step(encoder: Encoder, decoder: Decoder, optimizer: torch.optim.Optimizer):
     """``step(x_batch) -> loss``: one Adam update on one binarized minibatch."""
 

@@ -6,7 +6,7 @@ the mean of a few seeds has a standard error comparable to the 0.5-nat quality
 bar. Pooling runs over more seeds gives the mean difference (ours - plain)
 with its standard error.
 
-    python bench/pool_vae_results.py bench/results/vae_vs_pytorch.json \\
+    python -m bench.pool_vae_results bench/results/vae_vs_pytorch.json \\
         bench/results/vae_vs_pytorch_seeds345.json --out bench/results/vae_vs_pytorch_pooled.md
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the table here (Markdown) and JSON beside")
     args = parser.parse_args()
     result = pool(args.results)
-    command = "python bench/pool_vae_results.py " + " ".join(str(p) for p in args.results)
+    command = "python -m bench.pool_vae_results " + " ".join(str(p) for p in args.results)
     if args.out:
         command += f" --out {args.out}"
     text = to_markdown(result, command)
