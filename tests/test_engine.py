@@ -16,19 +16,7 @@ from pyro_aevb import ContractError, DivergenceError, NonFiniteLossError, data_p
 from pyro_aevb.data import synthetic_factor_analysis
 from pyro_aevb.schedules import AlternatingSchedule
 from tests.conftest import tiny_vae
-
-SETTINGS = dict(transform="dynamic", batch_size=64, lr=3e-3, seed=7, progress=False)
-
-
-def _small(digits, n_train=300, n_test=100):
-    train, test = digits
-    return train.subset(range(n_train)), test.subset(range(n_test))
-
-
-def _state(model, guide):
-    return {f"m.{k}": v for k, v in model.state_dict().items()} | {
-        f"g.{k}": v for k, v in guide.state_dict().items()
-    }
+from tests.test_training import SETTINGS, _NaNAfter, _small, _state
 
 
 @pytest.mark.parametrize(
@@ -172,19 +160,6 @@ def test_validation_runs_on_the_check_and_the_first_step_only(digits, validate):
     # contract check (the pair, then evaluation's particles), then 4 steps
     assert model.seen == [True, True, True] + [validate] * 3
     assert pyro.infer.util.is_validation_enabled()  # restored afterwards
-
-
-class _NaNAfter(VAE):
-    def __init__(self, *args, nan_from, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls, self.nan_from = 0, nan_from
-        self.decoder.register_forward_hook(
-            lambda module, inputs, out: out * float("nan") if self.calls >= nan_from else out
-        )
-
-    def forward(self, x):
-        self.calls += 1
-        return super().forward(x)
 
 
 def test_nan_guard_stops_before_the_update_with_validation_off(digits, tmp_path):
