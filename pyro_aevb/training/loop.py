@@ -49,6 +49,7 @@ from ..rundir import RunLock
 from ..schedules import AlternatingSchedule, JointSchedule
 from . import optim as optim_lib
 from . import state as run_state
+from .graphs import make_sync_free_step
 from .history import HISTORY_NAME, History
 from .step import TrainingStep, _where_invalid
 
@@ -98,6 +99,27 @@ def _positive(value, name: str, allow_none: bool = False) -> float | None:
     return float(value)
 
 
+class _ReadEachStep:
+    """The eager step behind the interface of the deferred ones
+    (:mod:`~pyro_aevb.training.graphs`): its loss is read back every step."""
+
+    read_every = 1
+
+    def __init__(self, step: TrainingStep):
+        self.step, self.losses = step, []
+
+    @property
+    def queued(self) -> int:
+        return len(self.losses)
+
+    def __call__(self, batch, phase: str, where: str) -> None:
+        self.losses.append(self.step(batch, phase, where))
+
+    def read(self) -> list[float]:
+        losses, self.losses = self.losses, []
+        return losses
+
+
 class _Progress:
     """A tqdm bar on a terminal; one plain line per epoch when stderr is redirected
     (a bar's carriage-return updates would fill a log file)."""
@@ -108,8 +130,8 @@ class _Progress:
         self.epochs = epochs
         self.bar = tqdm(total=total, disable=not self.terminal, desc="fit", dynamic_ncols=True)
 
-    def step(self) -> None:
-        self.bar.update(1)
+    def step(self, n: int = 1) -> None:
+        self.bar.update(n)
 
     def epoch(self, epoch: int, loss: float, row: dict | None) -> None:
         self.bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}")
@@ -175,6 +197,8 @@ def fit(
     history_metrics: Callable[..., dict] | None = None,
     validate: bool = False,
     divergence_factor: float | None = 1e3,
+    sync_every: int | None = None,
+    cuda_graph: bool = False,
     run_metadata: dict | None = None,
     progress: bool = True,
     arguments: Mapping[str, str] | None = None,
@@ -234,6 +258,17 @@ def fit(
     :param divergence_factor: stop with :class:`~pyro_aevb.training.step.DivergenceError`
         when a step's loss exceeds this many times the smallest loss magnitude so far
         (at least 1 nat per data point); ``None`` disables the check.
+    :param sync_every: read the losses and the non-finite guard back to the host every
+        this many steps (default 1; 50 with ``cuda_graph``). Above 1 the guard runs on the
+        device (:class:`~pyro_aevb.training.graphs.DeviceGuardedStep`): a refused step
+        halts every later update there, and the error is raised at the next read, naming
+        the step, with the parameters of the last good step. The first step is always read
+        at once. Needs a built-in (fused) optimizer and ``validate=False``.
+    :param cuda_graph: on CUDA, capture each step as a CUDA graph per phase and batch
+        shape and replay it (:class:`~pyro_aevb.training.graphs.CUDAGraphStep`); a capture
+        that fails falls back to eager steps with a warning. Opt-in: not yet verified on a
+        GPU by this project's tests. Not with ``kl_annealing``, an ``lr_schedule`` or a
+        pair whose modules take the step count (``set_training_step``).
     :param run_metadata: JSON-able facts stored in the checkpoint (e.g. a run id).
     :param progress: a progress bar on a terminal, one line per epoch otherwise.
     :param arguments: the pair's parameter name -> data field, for a model and guide
@@ -259,6 +294,23 @@ def fit(
     clip_norm = _positive(clip_norm, "clip_norm", allow_none=True)
     divergence_factor = _positive(divergence_factor, "divergence_factor", allow_none=True)
     dev = resolve_device(device)
+    cuda_graph = bool(cuda_graph)
+    sync_every = _integer(
+        sync_every if sync_every is not None else (50 if cuda_graph else 1), "sync_every", 1
+    )
+    if cuda_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, not '{dev}'")
+    if validate and (cuda_graph or sync_every > 1):
+        raise ValueError(
+            "validate=True checks every step's distribution arguments on the host, which "
+            "needs a synchronisation per step: it cannot be combined with cuda_graph=True or "
+            "sync_every > 1"
+        )
+    if cuda_graph and kl_annealing is not None:
+        raise ValueError(
+            "cuda_graph=True with kl_annealing is not supported: a graph would replay the KL "
+            "weight of its capture; use cuda_graph=False"
+        )
     elbo = make_objective(objective, num_particles, **(objective_options or {}))
     transform = get_transform(transform) if transform is not None else Identity()
     schedule = schedule if schedule is not None else JointSchedule()
@@ -421,6 +473,12 @@ def fit(
             for m in (model, guide)
             if callable(getattr(m, "set_training_step", None))
         ]
+        if cuda_graph and step_hooks:
+            raise ValueError(
+                "cuda_graph=True is not supported for a pair whose modules take the step "
+                "count (set_training_step, e.g. an annealed Gumbel-softmax temperature): a "
+                "graph would replay the value of its capture; use cuda_graph=False"
+            )
         start_epoch, train_seconds = 0, 0.0
         if state is not None:
             run_state.check_resumable(
@@ -447,6 +505,12 @@ def fit(
             )
             history.write_csv(run_dir / HISTORY_NAME)
 
+        # The first step reads its loss at once (and runs validated); the later ones may
+        # defer the read (sync_every) and run as CUDA graphs.
+        eager = _ReadEachStep(step_fn)
+        deferred = eager
+        if sync_every > 1 or cuda_graph:
+            deferred = make_sync_free_step(step_fn, cuda_graph=cuda_graph, read_every=sync_every)
         done = min(start_epoch * steps_per_epoch, total_steps)
         bar = _Progress(progress and not history.stopped, max(0, total_steps - done), epochs)
         epoch, last_phase, kl_weight = start_epoch, None, 1.0
@@ -468,31 +532,44 @@ def fit(
                     if isinstance(module, torch.nn.Module):
                         module.train()
                 epoch_loss, epoch_steps, row = 0.0, 0, None
-                for step in range(steps_per_epoch):
-                    phase = schedule.phase(step_count)
+                runner, queued_seconds = eager, 0.0
+                for step in range(steps_per_epoch + 1):
+                    phase = schedule.phase(step_count) if step < steps_per_epoch else None
+                    if phase is not None:
+                        if kl_annealing is not None:
+                            kl_weight = kl_annealing.weight(step_count)
+                            step_fn.pair.latent_scale.weight = kl_weight
+                        for hook in step_hooks:
+                            hook(step_count)
+                        t0 = time.perf_counter()
+                        idx = plan[step]
+                        batch = {
+                            k: batch_rows(x if k == data_field else v, idx, k, n_train)
+                            for k, v in fields.items()
+                        }
+                        runner = eager if step_count == validated_step else deferred
+                        with pyro.validation_enabled(validate or step_count == validated_step):
+                            runner(batch, phase, f"at epoch {epoch}, step {step + 1}")
+                        step_count += 1
+                        last_phase = phase
+                        at_row = eval_every is not None and step_count % eval_every == 0
+                        if runner.queued < runner.read_every and not at_row:
+                            queued_seconds += time.perf_counter() - t0
+                            continue
+                    else:
+                        t0 = time.perf_counter()
+                    # read the queued steps back (one synchronisation) before any row
+                    losses = runner.read()
+                    seconds = queued_seconds + time.perf_counter() - t0
+                    queued_seconds = 0.0
+                    train_seconds += seconds
+                    for loss in losses:
+                        epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
+                        history.add_step(loss, seconds / len(losses))
+                    bar.step(len(losses))
                     if phase is None:
                         break
-                    if kl_annealing is not None:
-                        kl_weight = kl_annealing.weight(step_count)
-                        step_fn.pair.latent_scale.weight = kl_weight
-                    for hook in step_hooks:
-                        hook(step_count)
-                    t0 = time.perf_counter()
-                    idx = plan[step]
-                    batch = {
-                        k: batch_rows(x if k == data_field else v, idx, k, n_train)
-                        for k, v in fields.items()
-                    }
-                    with pyro.validation_enabled(validate or step_count == validated_step):
-                        loss = step_fn(batch, phase, f"at epoch {epoch}, step {step + 1}")
-                    seconds = time.perf_counter() - t0
-                    train_seconds += seconds
-                    step_count += 1
-                    epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
-                    history.add_step(loss, seconds)
-                    last_phase = phase
-                    bar.step()
-                    if eval_every is not None and step_count % eval_every == 0:
+                    if at_row:
                         row = history.record(epoch, step_count, last_phase, kl_weight)
                         if history.stopped:
                             break
