@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU check of issue 15: the step benchmark and a 10-epoch Fashion-MNIST VAE fit on CUDA,
-# with examples per second, in under 5 minutes. For a session lent a GPU (the device
+# GPU check of issue 15: the CUDA tests of the device-guarded and graph-captured steps
+# (tests/test_sync_free.py), fit's throughput with CUDA graphs against plain loops
+# (bench/cuda_graph_speed.py), the step benchmark and a 10-epoch Fashion-MNIST VAE fit on
+# CUDA, with examples per second, in under 5 minutes. For a session lent a GPU (the device
 # tool, /work/.library/device/README.md); it also runs on CPU for a smoke test:
 #
 #     DEVICE=cpu QUICK=1 FIT_DATASET=mnist-subset bash bench/gpu_check.sh
@@ -55,7 +57,8 @@ if ! "$PY" -c "import pyro" 2>/dev/null; then
     # Run from a folder holding only bench/: from the repository root, its pyro_aevb/
     # source folder (without models/ and guides/, which the install maps into it) would
     # shadow the installed package.
-    mkdir -p /tmp/run && ln -sfn "$REPO/bench" /tmp/run/bench && cd /tmp/run || exit 2
+    mkdir -p /tmp/run && ln -sfn "$REPO/bench" /tmp/run/bench && ln -sfn "$REPO/tests" /tmp/run/tests \
+        && cd /tmp/run || exit 2
 else
     cd "$REPO" || exit 2
 fi
@@ -69,14 +72,25 @@ pyro.__version__, 'pyro_aevb', pyro_aevb.__file__)" || exit 2
 status=0
 start=$SECONDS
 
+# 0. The CUDA tests: replayed graphs against eager steps, fresh noise per replay, training
+#    converging under graphs, and the device guard (the CPU tests of the file run too).
+timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_sync_free.py -k "replay or host" 2>&1 \
+    | tail -15
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "test_sync_free failed or timed out"; status=1; }
+
+# 0b. fit's examples/s with CUDA graphs, deferred reads and eager, against plain loops.
+if [ -n "$QUICK" ]; then GRAPH_ARGS=(--quick); else GRAPH_ARGS=(--epochs 3 --repeats 1); fi
+timeout 70 "$PY" -m bench.cuda_graph_speed --device "$DEVICE" "${GRAPH_ARGS[@]}" \
+    --out "$DEST/cuda_graph_speed_$DEVICE" || { echo "cuda_graph_speed failed"; status=1; }
+
 # 1. The step benchmark at batch 100 and 1000 (and fit against plain loops at batch 100).
 if [ -n "$QUICK" ]; then
     STEP_ARGS=(--quick)
 else
-    STEP_ARGS=(--threads 1 --batch-sizes 100 1000 --gmvae-batch-sizes 100 1000 --rounds 5
-        --round-seconds 0.25 --fit-epochs 3 --fit-repeats 2)
+    STEP_ARGS=(--threads 1 --cases elbo dreg5 gmvae --batch-sizes 100 1000
+        --gmvae-batch-sizes 100 --rounds 3 --round-seconds 0.2 --fit-cases)
 fi
-timeout 170 "$PY" -m bench.step_speed --device "$DEVICE" "${STEP_ARGS[@]}" \
+timeout 60 "$PY" -m bench.step_speed --device "$DEVICE" "${STEP_ARGS[@]}" \
     --out "$DEST/step_speed_$DEVICE" || { echo "step benchmark failed or timed out"; status=1; }
 "$PY" - "$DEST/step_speed_$DEVICE.json" <<'EOF' || status=1
 import json, sys
@@ -91,9 +105,12 @@ for f in r["fit"]:
     print(f"fit  {f['case']:9s} batch   100: examples/s {rates}")
 EOF
 
-# 2. A 10-epoch Fashion-MNIST VAE fit through the command line.
+# 2. A 10-epoch Fashion-MNIST VAE fit through the command line, with CUDA graphs (eager
+#    with GRAPH=0).
 EPOCHS=10
 [ -n "$QUICK" ] && EPOCHS=2
+GRAPH_FLAG=()
+[ "$DEVICE" != cpu ] && [ "${GRAPH:-1}" != 0 ] && GRAPH_FLAG=(--cuda-graph)
 if [ "$FIT_DATASET" != fashion-mnist ] || [ -d "$DATA_DIR" ]; then
     remaining=$((270 - (SECONDS - start)))
     if [ "$remaining" -lt 30 ]; then
@@ -104,7 +121,7 @@ if [ "$FIT_DATASET" != fashion-mnist ] || [ -d "$DATA_DIR" ]; then
         DATA_ARGS=(--dataset "$FIT_DATASET")
         [ "$FIT_DATASET" = fashion-mnist ] && DATA_ARGS+=(--data-dir "$DATA_DIR")
         timeout "$remaining" "$PY" -m pyro_aevb.cli fit vae "${DATA_ARGS[@]}" \
-            --device "$DEVICE" --epochs "$EPOCHS" --no-progress \
+            --device "$DEVICE" --epochs "$EPOCHS" --no-progress "${GRAPH_FLAG[@]}" \
             --out /tmp/fashion_run || { echo "$FIT_DATASET fit failed or timed out"; status=1; }
         cp /tmp/fashion_run/history.csv "$DEST/fashion_fit_history.csv" 2>/dev/null
         "$PY" - /tmp/fashion_run/history.csv <<'EOF' || status=1

@@ -139,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-train", type=int, help="use only the first N training points")
     f.add_argument("--max-test", type=int, help="use only the first N test points")
     f.add_argument("--device", help="cpu (default) or cuda[:N]")
+    f.add_argument(
+        "--sync-every",
+        type=int,
+        help="read the loss and the NaN guard back every N steps (default 1; the guard then "
+        "runs on the device)",
+    )
+    f.add_argument(
+        "--cuda-graph",
+        action="store_const",
+        const=True,
+        help="CUDA only: capture each step as a CUDA graph and replay it (opt-in, unverified)",
+    )
     f.add_argument("--seed", type=int)
     f.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -65,6 +65,8 @@ OPTIONAL_CONFIG_KEYS = (
     "optimizer",
     "clip_norm",
     "lr_schedule",
+    "sync_every",
+    "cuda_graph",
 )
 #: metrics.json keys that describe the training, not the evaluation
 TRAINING_KEYS = (
@@ -92,6 +94,7 @@ FLAGS = {
     "rnn_dim": "--rnn-dim",
     "num_clusters": "--clusters",
     "dropout": "--dropout",
+    "sync_every": "--sync-every",
 }
 
 
@@ -438,6 +441,8 @@ def _train_locked(config, run_dir: Path, resume, overwrite, progress):
             clip_norm=config.get("clip_norm"),
             lr_schedule=config.get("lr_schedule"),
             device=config["device"],
+            sync_every=config.get("sync_every"),
+            cuda_graph=bool(config.get("cuda_graph")),
             seed=config["seed"],
             run_dir=run_dir,
             resume=resume,
