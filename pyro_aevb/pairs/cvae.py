@@ -31,9 +31,9 @@ def build(
     dropout: Annotated[float, DROPOUT] = 0.0,
     factorization: Annotated[str, FACTORIZATION] = "full",
 ):
-    """``ConditionalVAE`` with a ``ConditionalDiagonalNormalEncoder``; the number of
+    """``ConditionalVAE`` with a ``ConditionalDiagonalNormalGuide``; the number of
     classes is read from the training labels."""
-    from ..guides import ConditionalDiagonalNormalEncoder
+    from ..guides import ConditionalDiagonalNormalGuide
     from ..models import ConditionalVAE
 
     if train.y is None:
@@ -42,7 +42,7 @@ def build(
     model = ConditionalVAE(
         x_dim, num_classes, z_dim, hidden, likelihood, dropout, factorization=factorization
     )
-    guide = ConditionalDiagonalNormalEncoder(x_dim, num_classes, z_dim, hidden, dropout)
+    guide = ConditionalDiagonalNormalGuide(x_dim, num_classes, z_dim, hidden, dropout)
     return model, guide
 
 

@@ -45,16 +45,16 @@ def build(
     estimator: Annotated[str, ESTIMATOR] = "enumerate",
     temperature: Annotated[dict | None, TEMPERATURE] = None,
 ):
-    """``GaussianMixtureVAE`` with a ``GMVAEEncoder``; ``temperature`` holds the
+    """``GaussianMixtureVAE`` with a ``GMVAEGuide``; ``temperature`` holds the
     keyword arguments of a :class:`~pyro_aevb.relaxed.TemperatureSchedule`."""
-    from ..guides import GMVAEEncoder
+    from ..guides import GMVAEGuide
     from ..models import GaussianMixtureVAE
     from ..relaxed import TemperatureSchedule
 
     x_dim = train.num_features
     model = GaussianMixtureVAE(x_dim, num_clusters, z_dim, hidden, likelihood)
     schedule = TemperatureSchedule(**temperature) if temperature else None
-    guide = GMVAEEncoder(x_dim, num_clusters, z_dim, hidden, estimator, schedule)
+    guide = GMVAEGuide(x_dim, num_clusters, z_dim, hidden, estimator, schedule)
     return model, guide
 
 

@@ -18,13 +18,13 @@ def build(
     likelihood: Annotated[str | None, LIKELIHOOD] = None,
     dropout: Annotated[float, DROPOUT] = 0.0,
 ):
-    """``VAE`` with a ``DiagonalNormalEncoder`` of the same hidden sizes."""
-    from ..guides import DiagonalNormalEncoder
+    """``VAE`` with a ``DiagonalNormalGuide`` of the same hidden sizes."""
+    from ..guides import DiagonalNormalGuide
     from ..models import VAE
 
     x_dim = train.num_features
     model = VAE(x_dim, z_dim, hidden, likelihood=likelihood, dropout=dropout)
-    guide = DiagonalNormalEncoder(x_dim, z_dim, hidden, dropout=dropout)
+    guide = DiagonalNormalGuide(x_dim, z_dim, hidden, dropout=dropout)
     return model, guide
 
 

@@ -23,13 +23,13 @@ def build(
     hidden: Annotated[tuple[int, ...], HIDDEN] = (256,),
     likelihood: Annotated[str | None, LIKELIHOOD] = None,
 ):
-    """``VRNN`` over the rows of each image with a ``VRNNEncoder`` that shares its LSTM."""
-    from ..guides import VRNNEncoder
+    """``VRNN`` over the rows of each image with a ``VRNNGuide`` that shares its LSTM."""
+    from ..guides import VRNNGuide
     from ..models import VRNN
 
     num_steps, x_dim = train.x.shape[1:]
     model = VRNN(x_dim, z_dim, rnn_dim, hidden, num_steps=num_steps, likelihood=likelihood)
-    return model, VRNNEncoder(model, hidden)
+    return model, VRNNGuide(model, hidden)
 
 
 def samples(run, n: int) -> torch.Tensor:
