@@ -108,7 +108,9 @@ def test_the_readme_pair_is_one_file_and_fits_from_the_command_line(tmp_path, mo
     # and for real: a new process finds it through PYRO_AEVB_PAIRS
     exe = shutil.which("pyro-aevb") or pytest.skip("the pyro-aevb command is not installed")
     env = dict(os.environ, PYRO_AEVB_PAIRS="my_pairs")
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(tmp_path), env.get("PYTHONPATH")) if p
+    )  # no empty entry: that would put the working directory on the path
     out = tmp_path / "run"
     tiny = ["--dataset", "digits", "--epochs", "1", "--max-train", "200", "--max-test", "50"]
     words = [exe, "fit", "shallow-vae", *tiny, "--width", "16", "--latent-dim", "3"]
