@@ -33,12 +33,8 @@ for the benchmark; see ``bench/README.md`` for the settings and their cost.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -47,6 +43,7 @@ import pyro.optim
 import torch
 
 import pyro_aevb
+from bench.environment import environment
 from bench.library_step import library_step_runner
 from bench.plain_gmvae import (
     build_plain_gmvae,
@@ -55,7 +52,15 @@ from bench.plain_gmvae import (
     plain_importance_log_likelihood,
     train_plain,
 )
-from bench.timing import environment, time_step_variants
+from bench.report import (
+    command_line,
+    environment_line,
+    load_average,
+    produced_by,
+    warm_up_optimizers,
+    write_results,
+)
+from bench.timing import time_step_variants
 from pyro_aevb.clustering import cluster_metrics
 from pyro_aevb.data import (
     DEBIAN_FASHION_MNIST,
@@ -65,6 +70,7 @@ from pyro_aevb.data import (
 )
 from pyro_aevb.evaluation import prepare_fields
 from pyro_aevb.pairs import GMVAE_PAIR
+from pyro_aevb.plate import full_data_size
 
 TRANSFORM = GMVAE_PAIR.training["transform"]
 #: ours "matches" plain when its mean difference (ours - plain) over the seeds is at
@@ -109,8 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist-subset")
     parser.add_argument(
         "--data-dir",
-        default=DEBIAN_FASHION_MNIST,
-        help="folder of the Fashion-MNIST IDX files (default: Debian's package)",
+        help="folder of the Fashion-MNIST IDX files (default: where pyro_aevb.data looks, "
+        f"{DEBIAN_FASHION_MNIST} first)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="default: per data set")
@@ -327,7 +333,7 @@ def time_steps(train, args) -> dict:
     svi_scope: dict = {"params": {}, "constraints": {}}
 
     def svi_steps(n: int) -> None:
-        with store.scope(svi_scope), pyro_aevb.full_data_size(n_train):
+        with store.scope(svi_scope), full_data_size(n_train):
             for _ in range(n):
                 svi.step(x=x_batch)
 
@@ -389,7 +395,7 @@ def _fmt_diff(mean: float, se: float | None, digits: int) -> str:
 
 
 def markdown_report(results: dict) -> str:
-    env = results["environment"]
+    env, load = results["environment"], results["load_average_1min"]
     t = results.get("timing")
     lines = ["# pyro-aevb GMVAE vs plain PyTorch", ""]
     if results["per_seed"]:
@@ -397,19 +403,11 @@ def markdown_report(results: dict) -> str:
     if t is not None:
         lines += timing_lines(t, env)
     lines += [
-        f"{env['date_utc']}; {env['platform']}, {env['cpu_count']} CPUs; torch {env['torch']}, "
-        f"pyro {env['pyro']}, pyro-aevb {env['pyro_aevb']} (commit {str(env['commit'])[:10]}"
-        f"{', library tree modified' if env['library_tree_dirty'] else ''}); "
-        f"1-minute load average {results['load_average_1min']['start']:.2f} at the start, "
-        f"{results['load_average_1min']['end']:.2f} at the end; "
-        f"{results['wall_seconds'] / 60:.1f} min in all.",
+        environment_line(
+            env, load["start"], load["end"], f"; {results['wall_seconds'] / 60:.1f} min in all"
+        ),
         "",
-        "Produced by:",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
+        *produced_by(results["command"]),
     ]
     return "\n".join(lines)
 
@@ -511,25 +509,16 @@ def timing_lines(t: dict, env: dict) -> list[str]:
 
 
 def write(results: dict, out: str) -> tuple[Path, Path]:
-    # appended rather than with_suffix, so a stem with a dot in it is kept whole
-    json_path, md_path = Path(out + ".json"), Path(out + ".md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown_report(results))
-    return json_path, md_path
+    return write_results(results, out, markdown_report(results))
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = "python -m bench.compare_gmvae " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-    load_before = os.getloadavg()
-    # torch.optim imports torch._dynamo (about a second) on first use; pay that here
-    # rather than in whichever implementation happens to train first.
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    command = command_line("compare_gmvae", argv)
+    load_before = load_average()
+    warm_up_optimizers()
 
     spec = DATASETS[args.dataset]
     train, test = load_dataset(args.dataset, data_dir=args.data_dir)
@@ -602,7 +591,7 @@ def main(argv=None) -> dict:
         )
         # a partial result survives an interrupted run
         results["summary"] = summarize(results["per_seed"])
-        results["load_average_1min"]["end"] = os.getloadavg()[0]
+        results["load_average_1min"]["end"] = load_average()[0]
         results["wall_seconds"] = time.perf_counter() - started
         write(results, args.out)
 
@@ -618,7 +607,7 @@ def main(argv=None) -> dict:
             flush=True,
         )
     results["complete"] = True
-    results["load_average_1min"]["end"] = os.getloadavg()[0]
+    results["load_average_1min"]["end"] = load_average()[0]
     results["wall_seconds"] = time.perf_counter() - started
     json_path, md_path = write(results, args.out)
     s = results.get("summary", {})

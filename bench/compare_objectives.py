@@ -1,7 +1,7 @@
 """Training objectives compared on one VAE: ELBO, mean-field ELBO, IWAE, DReG, MIWAE, PIWAE, CIWAE.
 
 The references' architecture (Burda et al., 2016; Rainforth et al., 2018): a VAE
-(``pyro_aevb.models.VAE``, Bernoulli likelihood) with a ``DiagonalNormalEncoder``
+(``pyro_aevb.models.VAE``, Bernoulli likelihood) with a ``DiagonalNormalGuide``
 guide, 784-200-200-50, dynamically binarized data, batch 100, Adam. Every
 objective setting trains the same initial weights (same seed) for the same number
 of epochs, then is evaluated on the test set:
@@ -30,19 +30,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import pyro
 import torch
-from pyro_aevb.guides import DiagonalNormalEncoder
+from pyro_aevb.guides import DiagonalNormalGuide
 from pyro_aevb.models import VAE
 
 import pyro_aevb
-from bench.timing import environment
+from bench.environment import environment
+from bench.report import (
+    RESULTS_DIR,
+    command_line,
+    environment_line,
+    load_average,
+    produced_by,
+    result_paths,
+    write_results,
+)
 from pyro_aevb.data import DEBIAN_FASHION_MNIST, load_dataset
 from pyro_aevb.evaluation import prepare_fields
 
@@ -107,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help=f"IDX folder (fashion-mnist default: {DEBIAN_FASHION_MNIST})",
+        help=f"IDX folder (default: where pyro_aevb.data looks, {DEBIAN_FASHION_MNIST} first)",
     )
     parser.add_argument(
         "--max-train",
@@ -172,10 +177,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                 setattr(args, name, value)
     if args.epochs is None:
         parser.error("give --epochs (or --quick)")
-    if args.dataset == "fashion-mnist" and args.data_dir is None:
-        args.data_dir = DEBIAN_FASHION_MNIST
     if args.out is None:
-        results_dir = Path(__file__).resolve().parent / "results"
+        results_dir = RESULTS_DIR
         stem = {"mnist-subset": "subset"}.get(args.dataset, args.dataset.replace("-", "_"))
         args.out = str(results_dir / f"objectives_{stem}")
         if args.max_train is not None:
@@ -201,7 +204,7 @@ def build_pair(seed: int, args):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = VAE(784, args.z_dim, tuple(args.hidden))
-    guide = DiagonalNormalEncoder(784, args.z_dim, tuple(args.hidden))
+    guide = DiagonalNormalGuide(784, args.z_dim, tuple(args.hidden))
     return model, guide
 
 
@@ -211,7 +214,7 @@ def active_units(guide, test_x: torch.Tensor) -> tuple[int, list[float]]:
     was_training = guide.training
     guide.eval()
     device = next(guide.parameters()).device
-    loc = torch.cat([guide.posterior(x.to(device))[0].cpu() for x in test_x.split(500)])
+    loc = torch.cat([guide.encode(x.to(device))[0].cpu() for x in test_x.split(500)])
     guide.train(was_training)
     variance = loc.double().var(0)
     return int((variance > ACTIVE_UNIT_THRESHOLD).sum()), variance.tolist()
@@ -314,10 +317,6 @@ def order_checks(runs: list[dict]) -> list[dict]:
     return out
 
 
-def _load(value) -> str:
-    return "unknown" if value is None else f"{value:.2f}"
-
-
 def markdown_report(results: dict) -> str:
     cfg, env = results["settings"], results["environment"]
     n_eval = results["runs"][0]["num_eval_points"] if results["runs"] else None
@@ -397,21 +396,15 @@ def markdown_report(results: dict) -> str:
             )
     lines += [
         "",
-        f"{env['date_utc']}; {env['platform']}, {env['cpu_count']} CPUs; torch {env['torch']}, "
-        f"pyro {env['pyro']}, pyro-aevb {env['pyro_aevb']} (commit {str(env['commit'])[:10]}"
-        f"{', library tree modified' if env['library_tree_dirty'] else ''}); "
-        f"1-minute load average {_load(results['load_average_1min']['start'])} at the start, "
-        f"{results['load_average_1min']['end']:.2f} at the end; "
-        f"wall time {results['wall_seconds'] / 60:.1f} min"
-        f"{'' if results['complete'] else ' (INCOMPLETE: not every setting has run)'}.",
+        environment_line(
+            env,
+            results["load_average_1min"]["start"],
+            results["load_average_1min"]["end"],
+            f"; wall time {results['wall_seconds'] / 60:.1f} min"
+            f"{'' if results['complete'] else ' (INCOMPLETE: not every setting has run)'}",
+        ),
         "",
-        "Produced by:",
-        "",
-        "```",
-        results["command"],
-        *(f"{c}  # resumed" for c in results.get("resumed_with", [])),
-        "```",
-        "",
+        *produced_by(results["command"], results.get("resumed_with", [])),
     ]
     return "\n".join(lines)
 
@@ -420,10 +413,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = "python -m bench.compare_objectives " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-    load_before = os.getloadavg()
+    command = command_line("compare_objectives", argv)
+    load_before = load_average()
 
     train, test = load_data(args)
     eval_test = (
@@ -455,8 +446,7 @@ def main(argv=None) -> dict:
         "quick": args.quick,
         "device": args.device,
     }
-    json_path, md_path = Path(args.out + ".json"), Path(args.out + ".md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = result_paths(args.out)
     runs: list[dict] = []
     previous_seconds, resumed_with = 0.0, []
     load_start = load_before[0]
@@ -491,11 +481,10 @@ def main(argv=None) -> dict:
             "runs": runs,
             "order_checks": order_checks(runs),
             "environment": environment(args.threads),
-            "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
+            "load_average_1min": {"start": load_start, "end": load_average()[0]},
             "wall_seconds": previous_seconds + time.perf_counter() - started,
         }
-        json_path.write_text(json.dumps(results, indent=1) + "\n")
-        md_path.write_text(markdown_report(results))
+        write_results(results, args.out, markdown_report(results), indent=1)
         return results
 
     done = {(r["label"], r["seed"]) for r in runs}

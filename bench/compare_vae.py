@@ -25,20 +25,16 @@ minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import pyro
 import pyro.optim
 import torch
 
 import pyro_aevb
+from bench.environment import environment
 from bench.library_step import library_step_runner
 from bench.plain_vae import (
     build_plain_vae,
@@ -46,11 +42,20 @@ from bench.plain_vae import (
     plain_importance_log_likelihood,
     train_plain,
 )
-from bench.timing import environment, time_step_variants
+from bench.report import (
+    command_line,
+    environment_line,
+    load_average,
+    produced_by,
+    warm_up_optimizers,
+    write_results,
+)
+from bench.timing import time_step_variants
 from pyro_aevb.data import get_transform, load_mnist_subset, transform_test_set
 from pyro_aevb.evaluation import prepare_fields
 from pyro_aevb.objectives import make_objective
 from pyro_aevb.pairs import VAE_PAIR
+from pyro_aevb.plate import full_data_size
 
 #: ours may trail plain by at most this much mean test log-likelihood (nats per data point)
 QUALITY_TOLERANCE_NATS = 0.5
@@ -102,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_ours(train, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The library's default pair (``VAE`` model, ``DiagonalNormalEncoder`` guide), built
+    """The library's default pair (``VAE`` model, ``DiagonalNormalGuide`` guide), built
     by ``VAE_PAIR.build`` for ``train`` and initialized from ``torch.manual_seed(seed)``."""
     options = dict(VAE_PAIR.options)
     # The pair's likelihood defaults to the one its transform suits (Bernoulli here).
@@ -232,7 +237,7 @@ def time_steps(train, args) -> dict:
     svi_scope: dict = {"params": {}, "constraints": {}}
 
     def svi_steps(n: int) -> None:
-        with store.scope(svi_scope), pyro_aevb.full_data_size(n_train):
+        with store.scope(svi_scope), full_data_size(n_train):
             for _ in range(n):
                 svi.step(x=x_batch)
 
@@ -293,6 +298,7 @@ def summarize(per_seed: list[dict]) -> dict:
 
 def markdown_report(results: dict) -> str:
     s, t, env, cfg = (results[k] for k in ("summary", "timing", "environment", "settings"))
+    load = results["load_average_1min"]
     verdict = "PASS" if s["quality_pass"] else "FAIL"
     lines = [
         "# pyro-aevb VAE vs plain PyTorch",
@@ -345,18 +351,9 @@ def markdown_report(results: dict) -> str:
         )
     lines += [
         "",
-        f"{env['date_utc']}; {env['platform']}, {env['cpu_count']} CPUs; torch {env['torch']}, "
-        f"pyro {env['pyro']}, pyro-aevb {env['pyro_aevb']} (commit {str(env['commit'])[:10]}"
-        f"{', library tree modified' if env['library_tree_dirty'] else ''}); "
-        f"1-minute load average {results['load_average_1min']['start']:.2f} at the start, "
-        f"{results['load_average_1min']['end']:.2f} at the end.",
+        environment_line(env, load["start"], load["end"]),
         "",
-        "Produced by:",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
+        *produced_by(results["command"]),
     ]
     return "\n".join(lines)
 
@@ -365,14 +362,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    command = "python -m bench.compare_vae " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-
-    load_before = os.getloadavg()
-    # torch.optim imports torch._dynamo (about a second) on first use; pay that here
-    # rather than in whichever implementation happens to train first.
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    command = command_line("compare_vae", argv)
+    load_before = load_average()
+    warm_up_optimizers()
 
     train, test = load_mnist_subset()
     train, test = train.flat(), test.flat()
@@ -420,15 +412,11 @@ def main(argv=None) -> dict:
         "environment": environment(args.threads),
         # other processes on the machine slow every timing; the 1-minute load averages
         # before and after the run tell whether it had the cores to itself
-        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
+        "load_average_1min": {"start": load_before[0], "end": load_average()[0]},
     }
     results["wall_seconds"] = time.perf_counter() - started
 
-    # appended rather than with_suffix, so a stem with a dot in it is kept whole
-    json_path, md_path = Path(args.out + ".json"), Path(args.out + ".md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown_report(results))
+    json_path, md_path = write_results(results, args.out, markdown_report(results))
 
     ms = timing["ms_per_step_median"]
     print(

@@ -34,7 +34,7 @@ import torch
 
 import pyro_aevb
 from bench import step_speed
-from bench.timing import environment
+from bench.environment import environment
 
 
 def fit_ours(train, batch_size: int, epochs: int, device: str, **options) -> list[float]:

@@ -17,6 +17,7 @@ import torch
 import pyro_aevb
 from pyro_aevb.contract import check_pair
 from pyro_aevb.objectives import make_objective
+from pyro_aevb.plate import full_data_size
 
 
 def library_step_runner(
@@ -39,7 +40,7 @@ def library_step_runner(
     state: dict = {"params": {}, "constraints": {}}
     elbo = make_objective(objective, num_particles)
     with store.scope(state):
-        with pyro_aevb.full_data_size(num_data), pyro.validation_enabled(True):
+        with full_data_size(num_data), pyro.validation_enabled(True):
             summary = check_pair(model, guide, batch, allow_model_enumeration=objective == "enum")
         step = pyro_aevb.TrainingStep(
             model, guide, elbo, summary, batch, num_data, optimizer=optimizer, lr=lr

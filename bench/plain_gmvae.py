@@ -1,5 +1,5 @@
 """A plain-PyTorch Gaussian-mixture VAE, the reference ``compare_gmvae.py`` holds
-pyro-aevb's GMVAE (``GaussianMixtureVAE`` + ``GMVAEEncoder``, trained with
+pyro-aevb's GMVAE (``GaussianMixtureVAE`` + ``GMVAEGuide``, trained with
 ``TraceEnum_ELBO``) against.
 
 Nothing here comes from ``pyro_aevb`` or ``pyro``; the caller loads and binarizes the
@@ -39,7 +39,13 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 from torch.nn import functional as F
 
-LOG_2PI = math.log(2 * math.pi)
+from bench.plain import (
+    PlainImportanceEstimate,
+    bernoulli_log_likelihood,
+    diagonal_normal_log_prob,
+    epoch_batches,
+    make_loss_step,
+)
 
 
 def mlp(sizes: Sequence[int], activate_output: bool = False) -> nn.Sequential:
@@ -123,18 +129,6 @@ def build_plain_gmvae(
     return model, encoder
 
 
-def diagonal_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
-    """``log N(z; loc, diag(scale^2))`` summed over the last dimension."""
-    return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * LOG_2PI).sum(-1)
-
-
-def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x | z)`` of independent Bernoulli pixels, summed over the pixels."""
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
-        -1
-    )
-
-
 def cluster_terms(model: Generative, encoder: Inference, x: torch.Tensor, num_particles: int = 0):
     """The per-cluster terms of the marginalizing estimator, all clusters in one pass.
 
@@ -184,14 +178,7 @@ def negative_elbo(model: Generative, encoder: Inference, x_batch: torch.Tensor) 
 def make_train_step(model: Generative, encoder: Inference, optimizer: torch.optim.Optimizer):
     """``step(x_batch) -> loss``: one Adam update on one binarized minibatch."""
 
-    def step(x_batch: torch.Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = negative_elbo(model, encoder, x_batch)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
+    return make_loss_step(lambda x_batch: negative_elbo(model, encoder, x_batch), optimizer)
 
 
 @dataclass
@@ -241,26 +228,10 @@ def train_plain(
     start = time.perf_counter()
     for _ in range(epochs):
         t0 = time.perf_counter()
-        x_binary = torch.bernoulli(train_x, generator=generator)
-        perm = torch.randperm(n_train, generator=generator)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            total += step(x_binary[idx])
+        total = sum(step(x_batch) for x_batch in epoch_batches(train_x, batch_size, generator))
         losses.append(total / steps_per_epoch)
         epoch_seconds.append(time.perf_counter() - t0)
     return PlainTrainResult(model, encoder, losses, time.perf_counter() - start, epoch_seconds)
-
-
-@dataclass
-class PlainImportanceEstimate:
-    """Per-data-point estimates, each ``(N,)`` float64, nats."""
-
-    #: ``log (1/K) sum_k w_k`` with ``w_k = sum_c p(x, c, z_kc) / q(z_kc | x, c)``
-    log_likelihood: torch.Tensor
-    #: ``(1/K) sum_k sum_c q(c | x) [log p(x, c, z_kc) - log q(c | x) - log q(z_kc | x, c)]``
-    elbo: torch.Tensor
-    num_particles: int
 
 
 @torch.no_grad()

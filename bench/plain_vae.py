@@ -25,7 +25,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-LOG_2PI = math.log(2 * math.pi)
+from bench.plain import (
+    PlainImportanceEstimate,
+    bernoulli_log_likelihood,
+    diagonal_normal_log_prob,
+    epoch_batches,
+    make_loss_step,
+    standard_normal_log_prob,
+)
 
 
 class Decoder(nn.Module):
@@ -84,23 +91,6 @@ def build_plain_vae(
     decoder = Decoder(z_dim, hidden, x_dim)
     encoder = Encoder(x_dim, hidden, z_dim)
     return encoder, decoder
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I)`` summed over the last dimension."""
-    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-
-
-def diagonal_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
-    """``log N(z; loc, diag(scale^2))`` summed over the last dimension."""
-    return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * LOG_2PI).sum(-1)
-
-
-def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x | z)`` of independent Bernoulli pixels, summed over the pixels."""
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
-        -1
-    )
 
 
 def log_weights(encoder: Encoder, decoder: Decoder, x: torch.Tensor, num_particles: int = 0):
@@ -176,30 +166,10 @@ def negative_iwae_dreg(
     return -(bound + surrogate - surrogate.detach()).mean()
 
 
-def make_loss_step(loss_fn, optimizer: torch.optim.Optimizer):
-    """``step(x_batch) -> loss``: one update of ``optimizer`` on ``loss_fn(x_batch)``."""
-
-    def step(x_batch: torch.Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(x_batch)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
-
-
 def make_train_step(encoder: Encoder, decoder: Decoder, optimizer: torch.optim.Optimizer):
     """``step(x_batch) -> loss``: one Adam update on one binarized minibatch."""
 
-    def step(x_batch: torch.Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = negative_elbo(encoder, decoder, x_batch)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
+    return make_loss_step(lambda x_batch: negative_elbo(encoder, decoder, x_batch), optimizer)
 
 
 @dataclass
@@ -244,25 +214,9 @@ def train_plain(
     losses = []
     start = time.perf_counter()
     for _ in range(epochs):
-        x_binary = torch.bernoulli(train_x, generator=generator)
-        perm = torch.randperm(n_train, generator=generator)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            total += step(x_binary[idx])
+        total = sum(step(x_batch) for x_batch in epoch_batches(train_x, batch_size, generator))
         losses.append(total / steps_per_epoch)
     return PlainTrainResult(encoder, decoder, losses, time.perf_counter() - start)
-
-
-@dataclass
-class PlainImportanceEstimate:
-    """Per-data-point estimates, each ``(N,)`` float64, nats."""
-
-    #: ``log (1/K) sum_k w_k``, the importance-sampled log-likelihood (IWAE bound)
-    log_likelihood: torch.Tensor
-    #: ``(1/K) sum_k log w_k``, the ELBO estimated from the same draws
-    elbo: torch.Tensor
-    num_particles: int
 
 
 @torch.no_grad()

@@ -33,16 +33,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
 import pyro.optim
@@ -50,11 +45,21 @@ import torch
 
 import pyro_aevb
 from bench import plain_gmvae, plain_vae
+from bench.environment import environment
 from bench.library_step import library_step_runner
-from bench.timing import environment, time_step_variants
+from bench.report import (
+    command_line,
+    load_average,
+    produced_by,
+    result_paths,
+    warm_up_optimizers,
+    write_results,
+)
+from bench.timing import time_step_variants
 from pyro_aevb.data import get_transform, load_mnist_subset
 from pyro_aevb.objectives import make_objective
 from pyro_aevb.pairs import GMVAE_PAIR, VAE_PAIR
+from pyro_aevb.plate import full_data_size
 
 #: case -> (pair, objective, particles); the plain loss is chosen in :func:`plain_loss`
 CASES = {
@@ -282,7 +287,7 @@ def step_runners(case: str, train, batch_size: int, device) -> tuple[dict, dict]
     svi_state: dict = {"params": {}, "constraints": {}}
 
     def svi_run(n: int) -> None:
-        with store.scope(svi_state), pyro_aevb.full_data_size(n_train):
+        with store.scope(svi_state), full_data_size(n_train):
             for _ in range(n):
                 svi.step(x=x)
 
@@ -458,7 +463,7 @@ def check_plain_losses(train, device, cases, batch_size: int = 50, tol: float = 
         guide.to(device)
         modules = build_plain(pair, model, guide, device)
         with store.scope(), pyro.validation_enabled(True):
-            with pyro_aevb.full_data_size(len(train)):
+            with full_data_size(len(train)):
                 summary = pyro_aevb.check_pair(
                     model, guide, {"x": x}, allow_model_enumeration=objective == "enum"
                 )
@@ -571,7 +576,7 @@ def markdown_report(results: dict) -> str:
             "apart, in rotating order).",
             "",
         ]
-    lines += ["Produced by:", "", "```", results["command"], "```", ""]
+    lines += produced_by(results["command"])
     return "\n".join(lines)
 
 
@@ -582,13 +587,10 @@ def _load(values) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = pyro_aevb.device.resolve_device(args.device)
-    command = "python -m bench.step_speed " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-    load_start = os.getloadavg()
+    command = command_line("step_speed", argv)
+    load_start = load_average()
     started = time.perf_counter()
-    # torch.optim imports torch._dynamo (about a second) on first use: pay it here
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    warm_up_optimizers()
     train, _ = load_mnist_subset()
     train = train.flat()
 
@@ -632,17 +634,15 @@ def main(argv=None) -> dict:
         "fit": [],
     }
     fit_train = train if args.fit_points is None else train.subset(range(args.fit_points))
-    json_path, md_path = Path(args.out + ".json"), Path(args.out + ".md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = result_paths(args.out)
 
     def save(complete: bool) -> None:
         """Rewritten after every case, so an interrupted run keeps what it measured."""
         results["complete"] = complete
         results["environment"] = environment(args.threads)
-        results["load_average"] = {"start": list(load_start), "end": list(os.getloadavg())}
+        results["load_average"] = {"start": list(load_start), "end": list(load_average())}
         results["wall_seconds"] = time.perf_counter() - started
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
-        md_path.write_text(markdown_report(results))
+        write_results(results, args.out, markdown_report(results))
 
     # fit first: the issue's targets are on it, and a run cut short keeps them
     for threads in args.fit_threads:

@@ -1,22 +1,39 @@
-"""Amortized posteriors (Pyro guide functions), importable as ``pyro_aevb.guides``."""
+"""Guides (amortized variational distributions q), importable as ``pyro_aevb.guides``.
 
-from .gaussian import ConditionalDiagonalNormalEncoder, DiagonalNormalEncoder
-from .gmvae import GMVAEEncoder
+Names: every guide class ends in ``Guide``; ``encode(...)`` returns the parameters of
+``q`` (``posterior`` is kept for the exact ``p(z | x)`` of a model, e.g.
+:meth:`pyro_aevb.models.FactorAnalysis.posterior`). The old names (``...Encoder``, a
+guide's ``posterior``) still work, with a ``FutureWarning``.
+"""
+
+from pyro_aevb.deprecation import module_getattr
+
+from .gaussian import ConditionalDiagonalNormalGuide, DiagonalNormalGuide
+from .gmvae import GMVAEGuide
 from .linear import (
     COVARIANCE_GUIDES,
     DiagonalCovarianceGuide,
     FullCovarianceGuide,
     LinearGaussianGuide,
 )
-from .vrnn import VRNNEncoder
+from .vrnn import VRNNGuide
+
+#: the names before 0.2, kept as deprecated aliases
+_RENAMED = {
+    "DiagonalNormalEncoder": lambda: DiagonalNormalGuide,
+    "ConditionalDiagonalNormalEncoder": lambda: ConditionalDiagonalNormalGuide,
+    "GMVAEEncoder": lambda: GMVAEGuide,
+    "VRNNEncoder": lambda: VRNNGuide,
+}
+__getattr__ = module_getattr(__name__, _RENAMED)
 
 __all__ = [
     "COVARIANCE_GUIDES",
-    "ConditionalDiagonalNormalEncoder",
+    "ConditionalDiagonalNormalGuide",
     "DiagonalCovarianceGuide",
-    "DiagonalNormalEncoder",
+    "DiagonalNormalGuide",
     "FullCovarianceGuide",
-    "GMVAEEncoder",
+    "GMVAEGuide",
     "LinearGaussianGuide",
-    "VRNNEncoder",
+    "VRNNGuide",
 ]

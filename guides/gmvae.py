@@ -10,17 +10,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_aevb.deprecation import module_getattr, renamed_method
 from pyro_aevb.nn import MLP, check_flat_input, glorot_normal_
 from pyro_aevb.plate import data_plate
 from pyro_aevb.relaxed import GumbelSoftmax, TemperatureSchedule
 
-from .gaussian import DiagonalNormalEncoder
+from .gaussian import DiagonalNormalGuide
 
 #: how the guide treats the cluster variable during training
 ESTIMATORS = ("enumerate", "gumbel")
 
 
-class GMVAEEncoder(nn.Module):
+class GMVAEGuide(nn.Module):
     r"""Guide :math:`q_\phi(y \mid x)\, q_\phi(z \mid x, y)`: a categorical over the
     :math:`C` clusters from an MLP on :math:`x`, and a diagonal Gaussian from an MLP on
     :math:`[x, y]` (Yang, "Training Latent Variable Models with Auto-encoding
@@ -69,8 +70,12 @@ class GMVAEEncoder(nn.Module):
         self.schedule = temperature or TemperatureSchedule()
         self.temperature = self.schedule.temperature(0)
         self.cluster_logits = MLP([x_dim, *hidden, num_clusters])
-        self.latent = DiagonalNormalEncoder(x_dim + num_clusters, z_dim, hidden)
+        self.latent = DiagonalNormalGuide(x_dim + num_clusters, z_dim, hidden)
         glorot_normal_(self)
+
+    #: the name under which the guide registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = "gmvae_encoder"
 
     def set_training_step(self, step: int) -> None:
         """Set the Gumbel-softmax temperature for training step ``step`` (0-based)."""
@@ -78,7 +83,7 @@ class GMVAEEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> None:
         check_flat_input(x, self.x_dim, type(self).__name__)
-        pyro.module("gmvae_encoder", self)
+        pyro.module(self.pyro_name, self)
         with data_plate(x):
             logits = self.cluster_logits(x)
             if self.training and self.estimator == "gumbel":
@@ -89,12 +94,10 @@ class GMVAEEncoder(nn.Module):
                 y = pyro.sample(
                     "y", dist.OneHotCategorical(logits=logits), infer={"enumerate": "parallel"}
                 )
-            loc, scale = self.latent_posterior(x, y)
+            loc, scale = self.encode(x, y)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def latent_posterior(
-        self, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loc, scale)`` of :math:`q(z \\mid x, y)`, the MLP on :math:`[x, y]`, for ``x``
         ``(B, D)`` and codes ``y`` ``(..., B or 1, C)`` (all C clusters under enumeration),
         batch dims broadcast.
@@ -110,3 +113,8 @@ class GMVAEEncoder(nn.Module):
         for layer in rest:
             hidden = layer(hidden)
         return self.latent.head(hidden)
+
+    latent_posterior = renamed_method("encode", "latent_posterior")
+
+
+__getattr__ = module_getattr(__name__, {"GMVAEEncoder": lambda: GMVAEGuide})

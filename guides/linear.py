@@ -48,13 +48,17 @@ class LinearGaussianGuide(nn.Module):
         loc = x @ self.V.T
         return loc + self.c if self.c is not None else loc
 
+    #: the name under which the guide registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = "encoder"
+
     def distribution(self, x: torch.Tensor) -> dist.MultivariateNormal:
         r""":math:`q_\phi(z \mid x)`, batch shape ``(B,)``, event shape ``(L,)``."""
         return dist.MultivariateNormal(self.loc(x), scale_tril=self.scale_tril())
 
     def forward(self, x: torch.Tensor) -> None:
         check_flat_input(x, self.x_dim, type(self).__name__)
-        pyro.module("encoder", self)
+        pyro.module(self.pyro_name, self)
         with data_plate(x):
             pyro.sample(self.site, self.distribution(x))
 

@@ -11,11 +11,12 @@ from pyro import poutine
 from pyro_aevb.models.vrnn import PYRO_NAME, VRNN, broadcast_cat, latent_site
 from torch import nn
 
+from pyro_aevb.deprecation import module_getattr, renamed_method
 from pyro_aevb.nn import MLP, DiagonalNormalHead
 from pyro_aevb.plate import data_plate
 
 
-class VRNNEncoder(nn.Module):
+class VRNNGuide(nn.Module):
     r"""Guide :math:`q(z_{1:T} \mid x_{1:T}) = \prod_t q_\phi(z_t \mid x_t, h_t)` with
     each factor a diagonal Gaussian
     :math:`\mathcal N(\mu_\phi(x_t, h_t), \operatorname{diag} \sigma^2_\phi(x_t, h_t))`.
@@ -46,7 +47,7 @@ class VRNNEncoder(nn.Module):
         super().__init__()
         if not isinstance(model, VRNN):
             raise ValueError(
-                f"VRNNEncoder shares the recurrent state of a VRNN model, got "
+                f"VRNNGuide shares the recurrent state of a VRNN model, got "
                 f"{type(model).__name__}"
             )
         hidden = tuple(hidden)
@@ -62,24 +63,33 @@ class VRNNEncoder(nn.Module):
         """The model whose LSTM this guide runs."""
         return self._model
 
-    def posterior(self, x_t: torch.Tensor, h_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    #: the name under which the guide registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = "vrnn_encoder"
+
+    def encode(self, x_t: torch.Tensor, h_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``(loc, scale)`` of :math:`q(z_t \mid x_t, h_t)`, each ``(..., L)``, batch dims
         broadcast."""
         return self.head(self.trunk(broadcast_cat(x_t, h_t)))
+
+    posterior = renamed_method("encode", "posterior")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Sample ``z_1..z_T`` for a batch ``x`` ``(B, T, D)``; ``mask`` as in the model."""
         model = self._model
         x, mask = model.check_input(x, mask, owner=type(self).__name__)
         pyro.module(PYRO_NAME, model)
-        pyro.module("vrnn_encoder", self)
+        pyro.module(self.pyro_name, self)
         num_steps = x.shape[1]
         state = model.initial_state(x)
         with data_plate(x):
             for t in pyro.markov(range(num_steps)):
                 step_mask = mask if isinstance(mask, bool) else mask[:, t]
                 with poutine.mask(mask=step_mask):
-                    loc, scale = self.posterior(x[:, t], state[0])
+                    loc, scale = self.encode(x[:, t], state[0])
                     z_t = pyro.sample(latent_site(t), dist.Normal(loc, scale).to_event(1))
                 if t + 1 < num_steps:
                     state = model.transition(x[:, t], z_t, state)
+
+
+__getattr__ = module_getattr(__name__, {"VRNNEncoder": lambda: VRNNGuide})

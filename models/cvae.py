@@ -93,11 +93,15 @@ class ConditionalVAE(nn.Module):
             z = torch.cat([z, onehot.expand(*z.shape[:-1], onehot.shape[-1])], -1)
         return self.likelihood(self.decoder(z))
 
+    #: the name under which the model registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = "cvae"
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Score a batch: ``x`` ``(B, D)``, integer labels ``y`` ``(B,)``."""
         check_flat_input(x, self.x_dim, "ConditionalVAE")
         onehot = one_hot_labels(y, self.num_classes, x.shape[0], "ConditionalVAE").to(x)
-        pyro.module("cvae", self)
+        pyro.module(self.pyro_name, self)
         with data_plate(x):
             z = pyro.sample("z", self.prior(onehot))
             pyro.sample("x", self.observation(z, onehot), obs=x)

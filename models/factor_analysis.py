@@ -69,10 +69,14 @@ class FactorAnalysis(nn.Module):
         """Marginal covariance :math:`W W^\\top + \\Phi` of ``x``, shape ``(D, D)``."""
         return self.W @ self.W.T + torch.diag(self.noise_scale**2)
 
+    #: the name under which the model registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = "factor_analysis"
+
     def forward(self, x: torch.Tensor) -> None:
         """Score a batch ``x`` of shape ``(B, D)``."""
         check_flat_input(x, self.x_dim, "FactorAnalysis")
-        pyro.module("factor_analysis", self)
+        pyro.module(self.pyro_name, self)
         with data_plate(x):
             # A multivariate normal prior, so that TraceMeanField_ELBO finds the
             # analytic KL to the guides of guides/linear.py (also multivariate normal).
@@ -88,7 +92,7 @@ class FactorAnalysis(nn.Module):
         return mvn.log_prob(x)
 
     def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
-        """Exact posterior :math:`p_\theta(z \\mid x)`, batch shape ``(B,)``, event ``(L,)``."""
+        r"""Exact posterior :math:`p_\theta(z \mid x)`, batch shape ``(B,)``, event ``(L,)``."""
         precision_noise = self.noise_scale**-2
         precision = torch.eye(self.z_dim, dtype=x.dtype, device=x.device)
         precision = precision + (self.W.T * precision_noise) @ self.W

@@ -34,7 +34,7 @@ class GaussianMixtureVAE(nn.Module):
     The cluster site ``y`` is a :class:`~pyro_aevb.relaxed.GumbelMaxCategorical`, a
     one-hot categorical that also accepts relaxed codes, so the same model pairs with
     a guide that enumerates ``y`` and with a Gumbel-softmax guide
-    (:class:`pyro_aevb.guides.GMVAEEncoder`). Under enumeration ``y`` arrives with a
+    (:class:`pyro_aevb.guides.GMVAEGuide`). Under enumeration ``y`` arrives with a
     leading enumeration dimension, ``(C, 1, ..., C)``, and every network below it
     broadcasts over it: the :math:`C` clusters are scored in one batched pass.
 
@@ -67,10 +67,14 @@ class GaussianMixtureVAE(nn.Module):
         self.decoder = MLP([z_dim, *hidden, x_dim])
         glorot_normal_(self)
 
+    #: the name under which the model registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = "gmvae"
+
     def forward(self, x: torch.Tensor) -> None:
         """Score a batch ``x`` of shape ``(B, D)``."""
         check_flat_input(x, self.x_dim, "GaussianMixtureVAE")
-        pyro.module("gmvae", self)
+        pyro.module(self.pyro_name, self)
         with data_plate(x):
             uniform = GumbelMaxCategorical(logits=x.new_zeros(x.shape[0], self.num_clusters))
             y = pyro.sample("y", uniform)

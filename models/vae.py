@@ -46,10 +46,14 @@ class VAE(nn.Module):
         self.likelihood = get_likelihood(likelihood)
         self.decoder = MLP([z_dim, *hidden, x_dim], dropout=dropout)
 
+    #: the name under which the model registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = "decoder"  # the decoder network is all it registers
+
     def forward(self, x: torch.Tensor) -> None:
         """Score a batch ``x`` of shape ``(B, D)``."""
         check_flat_input(x, self.x_dim, "VAE")
-        pyro.module("decoder", self.decoder)
+        pyro.module(self.pyro_name, self.decoder)
         with data_plate(x):
             prior = dist.Normal(x.new_zeros(self.z_dim), x.new_ones(self.z_dim)).to_event(1)
             z = pyro.sample("z", prior)

@@ -94,7 +94,7 @@ class VRNN(nn.Module):
 
     Sites, inside the data plate, for steps ``t = 1..T``: latent ``z_t`` of shape
     ``(B, L)`` and observed ``x_t`` of shape ``(B, D)``, written with ``pyro.markov``.
-    Pair it with :class:`pyro_aevb.guides.vrnn.VRNNEncoder`, which shares its LSTM.
+    Pair it with :class:`pyro_aevb.guides.vrnn.VRNNGuide`, which shares its LSTM.
     """
 
     def __init__(
@@ -210,6 +210,10 @@ class VRNN(nn.Module):
             )
         return x.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
+    #: the name under which the model registers with Pyro's param store (``pyro.module``);
+    #: fixed, since checkpoints record the parameter names it makes
+    pyro_name = PYRO_NAME
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Score a batch ``x`` of shape ``(B, T, D)``.
 
@@ -217,7 +221,7 @@ class VRNN(nn.Module):
             row; the sites of padded steps are masked out and contribute nothing.
         """
         x, mask = self.check_input(x, mask)
-        pyro.module(PYRO_NAME, self)
+        pyro.module(self.pyro_name, self)
         num_steps = x.shape[1]
         state = self.initial_state(x)
         with data_plate(x):
@@ -263,13 +267,14 @@ class VRNN(nn.Module):
         return RowByRowGeneration(z=stack(zs), probs=stack(probs), rows=stack(rows))
 
     @torch.no_grad()
-    def generate(self, num: int, steps: int | None = None, mean: bool = False) -> torch.Tensor:
+    def generate(self, num: int, steps: int | None = None, mean: bool = True) -> torch.Tensor:
         r"""``num`` sequences of ``steps`` rows (default ``num_steps``), ``(num, T, D)``,
         generated row by row from the prior.
 
         :param mean: return each row's mean given the sampled past
-            :math:`x_{<t}, z_{\le t}` (values in [0, 1]) instead of the sampled rows
-            (values in {0, 1} under the Bernoulli likelihood).
+            :math:`x_{<t}, z_{\le t}` (values in [0, 1], the default, as every model's
+            ``generate``) instead of the sampled rows (values in {0, 1} under the
+            Bernoulli likelihood).
         """
         record = self.generate_rows(num, steps)
         return record.probs if mean else record.rows

@@ -12,22 +12,136 @@ import traceback
 from pathlib import Path
 
 from .data import DATASETS, TRANSFORMS
-from .nn import LIKELIHOODS
 from .objectives import available_objectives
-from .pairs import available_pairs
+from .pairs import available_pairs, get_pair
 from .training.optim import LR_SCHEDULES, OPTIMIZERS
 
 
-def _hidden(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--hidden takes comma-separated sizes, got '{text}'"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden needs positive sizes, got '{text}'")
-    return sizes
+def add_fit_options(parser) -> None:
+    """Add the options every ``fit PAIR`` takes, whatever the pair: data, objective,
+    optimization, schedule, evaluation, device and run directory. One place, so that a
+    flag added here is a flag of every pair."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=sorted(DATASETS), help="default: the pair's")
+    data.add_argument("--data-dir", help="folder with IDX files (fashion-mnist, mnist)")
+    data.add_argument(
+        "--binarize",
+        dest="transform",
+        choices=sorted(TRANSFORMS),
+        help="dynamic, fixed, threshold, dequantize (continuous), none; default: the pair's",
+    )
+    data.add_argument("--max-train", type=int, help="use only the first N training points")
+    data.add_argument("--max-test", type=int, help="use only the first N test points")
+    _add_objective_options(parser.add_argument_group("objective"))
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=int)
+    training.add_argument("--batch-size", type=int)
+    training.add_argument("--lr", type=float, help="learning rate")
+    training.add_argument(
+        "--optimizer", choices=sorted(OPTIMIZERS), help="torch optimizer (adam)"
+    )
+    training.add_argument(
+        "--lr-schedule", choices=list(LR_SCHEDULES), help="learning-rate schedule (constant)"
+    )
+    training.add_argument("--clip-norm", type=float, help="clip the gradient's total norm to this")
+    training.add_argument(
+        "--em",
+        nargs=2,
+        type=int,
+        metavar=("GUIDE_STEPS", "MODEL_STEPS"),
+        help="alternate guide-only (E) and model-only (M) periods of these many steps",
+    )
+    training.add_argument(
+        "--em-rounds",
+        type=int,
+        help="with --em: stop after this many E/M rounds (default: alternate until --epochs)",
+    )
+    training.add_argument(
+        "--eval-every", type=int, help="write a history row every N steps (default: per epoch)"
+    )
+    training.add_argument("--patience", type=int, help="early stopping on the test ELBO")
+    training.add_argument(
+        "--eval-particles",
+        dest="log_likelihood_particles",
+        type=int,
+        help="importance samples for the test log-likelihood (default: the pair's)",
+    )
+    _add_device_options(parser.add_argument_group("device"))
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument("--overwrite", action="store_true", help="start afresh over --out")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (hidden anyway when stderr is not a terminal)",
+    )
+
+
+def _add_objective_options(parser) -> None:
+    """The objective and its options."""
+    parser.add_argument("--objective", choices=available_objectives(), help="default: the pair's")
+    parser.add_argument(
+        "--particles",
+        dest="num_particles",
+        type=int,
+        help="samples per data point and training step (default 1)",
+    )
+    parser.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0)")
+    parser.add_argument(
+        "--estimates",
+        type=int,
+        help="M, the number of IWAE bounds, for --objective miwae or piwae",
+    )
+    parser.add_argument("--beta", type=float, help="the ELBO's weight for --objective ciwae")
+    parser.add_argument(
+        "--kl-weight", type=float, help="weight of the KL term (elbo, meanfield; default 1)"
+    )
+    parser.add_argument(
+        "--kl-warmup", type=int, help="steps over which the KL weight rises linearly (annealing)"
+    )
+
+
+def _add_device_options(parser) -> None:
+    """Where the run computes."""
+    parser.add_argument("--device", help="cpu (default) or cuda[:N]")
+    parser.add_argument(
+        "--sync-every",
+        type=int,
+        help="read the loss and the NaN guard back every N steps (default 1; the guard then "
+        "runs on the device)",
+    )
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_const",
+        const=True,
+        help="CUDA only: capture each step as a CUDA graph and replay it (opt-in, unverified)",
+    )
+
+
+def _defaults_text(spec) -> str:
+    shown = ", ".join(f"{k} {v}" for k, v in spec.training.items())
+    return f"{spec.description}. Its default settings: {shown}."
+
+
+def _add_fit_parser(sub, common) -> None:
+    f = sub.add_parser(
+        "fit",
+        help="train a model/guide pair and write a run directory",
+        description="Train a named model/guide pair and write a run directory. "
+        "'pyro-aevb fit PAIR --help' lists the options of PAIR.",
+    )
+    pairs = f.add_subparsers(dest="model", required=True, metavar="PAIR")
+    for name in available_pairs():
+        spec = get_pair(name)
+        p = pairs.add_parser(
+            name, parents=[common], help=spec.description, description=_defaults_text(spec)
+        )
+        group = p.add_argument_group(f"options of {name}")
+        for option in spec.parameters:
+            option.add_argument(group)
+        add_fit_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,127 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", help="show the full traceback when something fails"
     )
-
-    f = sub.add_parser(
-        "fit", parents=[common], help="train a model/guide pair and write a run directory"
-    )
-    f.add_argument("model", choices=available_pairs(), help="the model/guide pair")
-    f.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist-subset (bundled)")
-    f.add_argument("--data-dir", help="folder with IDX files (fashion-mnist, mnist)")
-    f.add_argument(
-        "--binarize",
-        dest="transform",
-        choices=sorted(TRANSFORMS),
-        help="dynamic (default), fixed, threshold, dequantize (continuous), none",
-    )
-    f.add_argument(
-        "--likelihood",
-        choices=sorted(LIKELIHOODS),
-        help="default: bernoulli for binarized data, else continuous_bernoulli",
-    )
-    f.add_argument("--objective", choices=available_objectives(), help="default: elbo")
-    f.add_argument(
-        "--particles",
-        dest="num_particles",
-        type=int,
-        help="samples per data point and training step (default 1)",
-    )
-    f.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0)")
-    f.add_argument(
-        "--estimates",
-        type=int,
-        help="M, the number of IWAE bounds, for --objective miwae or piwae",
-    )
-    f.add_argument("--beta", type=float, help="the ELBO's weight for --objective ciwae")
-    f.add_argument(
-        "--kl-weight", type=float, help="weight of the KL term (elbo, meanfield; default 1)"
-    )
-    f.add_argument(
-        "--kl-warmup", type=int, help="steps over which the KL weight rises linearly (annealing)"
-    )
-    f.add_argument("--epochs", type=int)
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--lr", type=float, help="learning rate")
-    f.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="torch optimizer (adam)")
-    f.add_argument(
-        "--lr-schedule", choices=list(LR_SCHEDULES), help="learning-rate schedule (constant)"
-    )
-    f.add_argument("--clip-norm", type=float, help="clip the gradient's total norm to this")
-    f.add_argument("--latent-dim", dest="z_dim", type=int)
-    f.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 500,500")
-    f.add_argument("--dropout", type=float)
-    f.add_argument(
-        "--covariance", choices=["full", "diagonal"], help="fa: the guide's covariance (full)"
-    )
-    f.add_argument(
-        "--bias", action="store_const", const=True, help="fa: learn a mean (default: b = 0)"
-    )
-    f.add_argument(
-        "--factorization",
-        choices=["full", "prior", "decoder"],
-        help="cvae: p(z|y)p(x|y,z) (full, default), p(z|y)p(x|z) (prior), p(z)p(x|y,z) (decoder)",
-    )
-    f.add_argument("--rnn-dim", dest="rnn_dim", type=int, help="vrnn: LSTM state size (256)")
-    f.add_argument("--clusters", dest="num_clusters", type=int, help="gmvae: C (default 10)")
-    f.add_argument(
-        "--estimator",
-        choices=["enumerate", "gumbel"],
-        help="gmvae: sum the clusters out (enumerate, default) or Gumbel-softmax draws",
-    )
-    f.add_argument(
-        "--temperature",
-        nargs=3,
-        type=float,
-        metavar=("INITIAL", "FINAL", "RATE"),
-        help="gmvae --estimator gumbel: tau = max(FINAL, INITIAL exp(-RATE step)); "
-        "default 1 0.5 1e-4",
-    )
-    f.add_argument(
-        "--em",
-        nargs=2,
-        type=int,
-        metavar=("GUIDE_STEPS", "MODEL_STEPS"),
-        help="alternate guide-only (E) and model-only (M) periods of these many steps",
-    )
-    f.add_argument(
-        "--em-rounds",
-        type=int,
-        help="with --em: stop after this many E/M rounds (default: alternate until --epochs)",
-    )
-    f.add_argument(
-        "--eval-every", type=int, help="write a history row every N steps (default: per epoch)"
-    )
-    f.add_argument("--patience", type=int, help="early stopping on the test ELBO")
-    f.add_argument(
-        "--eval-particles",
-        dest="log_likelihood_particles",
-        type=int,
-        help="importance samples for the test log-likelihood (default 1000)",
-    )
-    f.add_argument("--max-train", type=int, help="use only the first N training points")
-    f.add_argument("--max-test", type=int, help="use only the first N test points")
-    f.add_argument("--device", help="cpu (default) or cuda[:N]")
-    f.add_argument(
-        "--sync-every",
-        type=int,
-        help="read the loss and the NaN guard back every N steps (default 1; the guard then "
-        "runs on the device)",
-    )
-    f.add_argument(
-        "--cuda-graph",
-        action="store_const",
-        const=True,
-        help="CUDA only: capture each step as a CUDA graph and replay it (opt-in, unverified)",
-    )
-    f.add_argument("--seed", type=int)
-    f.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
-    f.add_argument("--resume", action="store_true", help="continue the run in --out")
-    f.add_argument("--overwrite", action="store_true", help="start afresh over --out")
-    f.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="hide the progress bar (hidden anyway when stderr is not a terminal)",
-    )
+    _add_fit_parser(sub, common)
 
     e = sub.add_parser(
         "evaluate", parents=[common], help="recompute metrics.json from a run's checkpoint"
@@ -179,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _foreign_option(model: str, words: list[str]) -> str | None:
+    """For a flag of another pair given to ``fit MODEL``, a message naming both."""
+    owners: dict[str, list] = {}
+    for name in available_pairs():
+        for option in get_pair(name).parameters:
+            owners.setdefault(option.flag, []).append((name, option))
+    for word in words:
+        flag = word.split("=", 1)[0]
+        if flag in owners:
+            others = ", ".join(name for name, _ in owners[flag])
+            own = ", ".join(option.flag for option in get_pair(model).parameters)
+            return (
+                f"model '{model}' has no option '{owners[flag][0][1].name}' ({flag} is an "
+                f"option of {others}); the options of {model} are {own or 'none'}: see "
+                f"'pyro-aevb fit {model} --help'"
+            )
+    return None
+
+
 def _progress(args) -> bool:
     """A bar only for a person at a terminal: redirected to a file, tqdm's carriage-return
     updates would pile up into thousands of lines."""
@@ -189,7 +202,7 @@ def _progress(args) -> bool:
 #: the objective, schedule and KL options that _fit gathers into dicts)
 _NOT_CONFIG = {
     "command", "model", "out", "resume", "overwrite", "no_progress", "debug",
-    "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup", "temperature",
+    "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup",
 }
 
 
@@ -206,9 +219,8 @@ def _fit(args) -> dict:
             "final": 1.0 if args.kl_weight is None else args.kl_weight,
             "warmup_steps": args.kl_warmup or 0,
         }
-    if args.temperature is not None:
-        initial, final, rate = args.temperature
-        overrides["temperature"] = {"initial": initial, "final": final, "rate": rate}
+    for option in get_pair(args.model).parameters:  # e.g. three numbers -> a dict
+        overrides[option.name] = option.from_command_line(overrides.get(option.name))
     if args.em_rounds is not None and args.em is None:
         raise ValueError("--em-rounds needs --em GUIDE_STEPS MODEL_STEPS")
     if args.em is not None:
@@ -221,6 +233,7 @@ def _fit(args) -> dict:
     config = resolve_config(args.model, overrides)
     out = args.out or f"runs/{args.model}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.resolved_out = out  # for the messages of main's handlers
+    args.resolved_pair = args.model
     _, result, metrics = train_run(
         config, out, resume=args.resume, overwrite=args.overwrite, progress=_progress(args)
     )
@@ -237,6 +250,7 @@ def _evaluate(args) -> dict:
     run_dir = Path(args.run_dir)
     args.resolved_out = str(run_dir)
     run = load_run(run_dir, device=args.device)
+    args.resolved_pair = run.config["model"]
     target = Path(args.out) if args.out else run_dir / "metrics.json"
     # checked before hours of computing, not after
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +267,10 @@ def _evaluate(args) -> dict:
     return metrics
 
 
-def _summary(metrics: dict) -> str:
+def _summary(metrics: dict, pair: str | None = None) -> str:
+    """What the command line prints: every metric with its unit and standard error, the
+    lines of ``pair``'s own metrics (:attr:`~pyro_aevb.pairs.PairSpec.summary`), then
+    the warnings."""
     lines = [
         f"test ELBO            {metrics['test_elbo']:9.2f} +- {metrics['test_elbo_se']:.2f} nats",
         f"test log-likelihood  {metrics['test_log_likelihood']:9.2f} +- "
@@ -267,19 +284,9 @@ def _summary(metrics: dict) -> str:
             f"test log-evidence    {metrics['test_log_evidence']:9.3f} +- "
             f"{metrics['test_log_evidence_se']:.3f} nats (exact)"
         )
-    if "true_model_log_evidence" in metrics:
-        lines.append(f"true model           {metrics['true_model_log_evidence']:9.3f} nats")
-    if "label_gain" in metrics:
-        lines.append(
-            f"log p(x | y)         {metrics['log_likelihood_true_labels']:9.2f} true labels, "
-            f"{metrics['log_likelihood_shuffled_labels']:.2f} shuffled "
-            f"(gain {metrics['label_gain']:.2f} nats)"
-        )
-    if "cluster_accuracy" in metrics:
-        lines.append(
-            f"clustering           {metrics['cluster_accuracy']:9.3f} accuracy, NMI "
-            f"{metrics['cluster_nmi']:.3f}, entropy of q(y|x) {metrics['cluster_entropy']:.3f} nats"
-        )
+    spec = get_pair(pair) if pair is not None else None
+    if spec is not None and spec.summary is not None:
+        lines += spec.summary(metrics)
     if "pareto_k_mean" in metrics:
         lines.append(
             f"Pareto k-hat mean    {metrics['pareto_k_mean']:9.2f} "
@@ -386,7 +393,18 @@ def _message(e: BaseException, args, argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as e:  # a pair module named in PYRO_AEVB_PAIRS that fails to import
+        print(f"pyro-aevb: error: {e}", file=sys.stderr)
+        return 2
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        foreign = _foreign_option(args.model, unknown) if args.command == "fit" else None
+        if foreign is None:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        print(f"pyro-aevb: error: {foreign}", file=sys.stderr)
+        return 2
     from .runs import ResultsNotSavedError
 
     try:
@@ -397,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         metrics = _fit(args) if args.command == "fit" else _evaluate(args)
     except ResultsNotSavedError as e:
-        print(_summary(e.metrics))  # computed numbers are never lost
+        # computed numbers are never lost
+        print(_summary(e.metrics, getattr(args, "resolved_pair", None)))
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"pyro-aevb: error: {e.args[1] if len(e.args) > 1 else e}", file=sys.stderr)
@@ -407,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"pyro-aevb: error: {_message(e, args, argv)}", file=sys.stderr)
         return 130 if isinstance(e, KeyboardInterrupt) else 2
-    print(_summary(metrics))
+    print(_summary(metrics, getattr(args, "resolved_pair", None)))
     return 0
 
 

@@ -3,8 +3,8 @@
 A run directory holds ``config.json`` (everything needed to rebuild the run),
 ``checkpoint.pt``, ``history.csv``, ``metrics.json`` and the figures
 ``learning_curve.png``, ``samples.png`` and ``reconstructions.png`` (image data),
-plus the pair's own (``evidence.png`` and ``predictive_check.png`` for factor
-analysis, ``class_conditional.png`` for the conditional VAE).
+plus the pair's own (:attr:`~pyro_aevb.pairs.PairSpec.figures`). Nothing here knows a
+particular pair: their options, checks and extras come from :mod:`pyro_aevb.pairs`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ TRAINING_KEYS = (
     "best_epoch",
     "final_train_elbo",
 )
-#: the command-line flag of each config key, for messages
+#: the command-line flag of each config key, for messages (the architecture options'
+#: flags are the pairs' own, :attr:`pyro_aevb.pairs.PairOption.flag`)
 FLAGS = {
     "lr": "--lr",
     "batch_size": "--batch-size",
@@ -90,10 +91,6 @@ FLAGS = {
     "patience": "--patience",
     "eval_every": "--eval-every",
     "seed": "--seed",
-    "z_dim": "--latent-dim",
-    "rnn_dim": "--rnn-dim",
-    "num_clusters": "--clusters",
-    "dropout": "--dropout",
     "sync_every": "--sync-every",
 }
 
@@ -142,13 +139,8 @@ def validate_values(config: dict) -> None:
             f"{_name('lr')} must be a positive finite learning rate, got {lr!r} "
             "(at 0 nothing would train)"
         )
-    architecture = config.get("architecture") or {}
-    for key in ("z_dim", "rnn_dim", "num_clusters"):
-        if key in architecture:
-            integer(key, architecture[key], 1)
-    dropout = architecture.get("dropout")
-    if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-        raise ValueError(f"{_name('dropout')} must be in [0, 1), got {dropout!r}")
+    if config.get("model") is not None:
+        get_pair(config["model"]).validate(config.get("architecture") or {})
 
 
 def read_config(run_dir: str | Path) -> dict:
@@ -274,8 +266,9 @@ def resolve_config(model: str, overrides: dict) -> dict:
     transform = get_transform(config["transform"])
     if config["architecture"].get("likelihood", "") is None:
         config["architecture"]["likelihood"] = transform.likelihood
-    if isinstance(config["architecture"].get("hidden"), tuple):
-        config["architecture"]["hidden"] = list(config["architecture"]["hidden"])
+    for key, value in config["architecture"].items():
+        if isinstance(value, tuple):
+            config["architecture"][key] = list(value)  # as config.json reads back
     make_objective(
         config["objective"], config["num_particles"], **config.get("objective_options", {})
     )
@@ -377,9 +370,10 @@ STEP_BYTES_PER_ACTIVATION = 12
 
 
 def step_memory_bytes(run: Run, config: dict) -> int:
-    """A rough estimate of one training step's memory: rows (particles x batch points,
-    times the values of an enumerated cluster) x activations per row (the widths of the
-    pair's linear layers and the data) x :data:`STEP_BYTES_PER_ACTIVATION`."""
+    """A rough estimate of one training step's memory: rows (particles x batch points x
+    the pair's :attr:`~pyro_aevb.pairs.PairSpec.rows_per_point`) x activations per row
+    (the widths of the pair's linear layers and the data) x
+    :data:`STEP_BYTES_PER_ACTIVATION`."""
     widths = [
         m.out_features
         for module in (run.model, run.guide)
@@ -387,9 +381,8 @@ def step_memory_bytes(run: Run, config: dict) -> int:
         if isinstance(m, torch.nn.Linear)
     ]
     per_row = sum(widths) + run.train.num_features
-    enumerated = int(run.config["architecture"].get("num_clusters") or 1)
-    if config["objective"] != "enum":
-        enumerated = 1
+    rows_per_point = run.spec.rows_per_point
+    enumerated = 1 if rows_per_point is None else rows_per_point(config)
     rows = int(config["num_particles"]) * min(int(config["batch_size"]), len(run.train))
     return STEP_BYTES_PER_ACTIVATION * rows * enumerated * per_row
 

@@ -7,7 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro_aevb.guides import DiagonalNormalEncoder
+from pyro_aevb.guides import DiagonalNormalGuide
 from pyro_aevb.models import VAE
 from torch import nn
 
@@ -34,7 +34,7 @@ def digits():
 def tiny_vae(x_dim=64, z_dim=4, hidden=(32,), dropout=0.0, likelihood="bernoulli", seed=0):
     torch.manual_seed(seed)
     model = VAE(x_dim, z_dim, hidden, likelihood=likelihood, dropout=dropout)
-    guide = DiagonalNormalEncoder(x_dim, z_dim, hidden, dropout=dropout)
+    guide = DiagonalNormalGuide(x_dim, z_dim, hidden, dropout=dropout)
     return model, guide
 
 

@@ -411,7 +411,7 @@ class _Narrowed(nn.Module):
         self.guide, self.factor = guide, factor
 
     def forward(self, x):
-        loc, scale = self.guide.posterior(x)
+        loc, scale = self.guide.encode(x)
         with data_plate(x):
             pyro.sample("z", dist.Normal(loc, self.factor * scale).to_event(1))
 

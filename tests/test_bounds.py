@@ -95,7 +95,7 @@ def test_vae_log_weights_match_hand_written_computation(digits):
     log_w = log_importance_weights(model, guide, {"x": x}, 1, summary)[0]
     pyro.set_rng_seed(3)
     z = poutine.trace(guide).get_trace(x).nodes["z"]["value"]
-    loc, scale = guide.posterior(x)
+    loc, scale = guide.encode(x)
     log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
     log_prior = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
     logits = model.decoder(z)

@@ -136,6 +136,10 @@ def test_console_script_is_installed():
     exe = shutil.which("pyro-aevb")
     assert exe is not None, "pip install the package to get the pyro-aevb command"
     result = subprocess.run([exe, "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "vrnn" in result.stdout  # the pairs, with a line each
+    result = subprocess.run(
+        [exe, "fit", "vae", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "--binarize" in result.stdout
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from pyro_aevb.guides import ConditionalDiagonalNormalEncoder
+from pyro_aevb.guides import ConditionalDiagonalNormalGuide
 from pyro_aevb.models import FACTORIZATIONS, ConditionalVAE
 
 from pyro_aevb import fit, importance_log_likelihood
@@ -16,7 +16,7 @@ SETTINGS = dict(batch_size=50, lr=3e-3, seed=0, progress=False)
 def _pair(factorization="full", likelihood="bernoulli", seed=0):
     torch.manual_seed(seed)
     model = ConditionalVAE(64, 10, 4, (64,), likelihood=likelihood, factorization=factorization)
-    guide = ConditionalDiagonalNormalEncoder(64, 10, 4, (64,))
+    guide = ConditionalDiagonalNormalGuide(64, 10, 4, (64,))
     return model, guide
 
 

@@ -7,7 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro_aevb.guides import DiagonalNormalEncoder
+from pyro_aevb.guides import DiagonalNormalGuide
 from pyro_aevb.models import VAE, FactorAnalysis
 from torch import nn
 
@@ -265,7 +265,7 @@ def test_an_invalid_scale_on_the_first_batch_names_the_guide(digits):
 def test_step_losses_are_nats_per_data_point(digits):
     """The step's loss is the per-point negative ELBO: near the test ELBO's size."""
     train, test = _small(digits)
-    model, guide = VAE(64, 4, (32,)), DiagonalNormalEncoder(64, 4, (32,))
+    model, guide = VAE(64, 4, (32,)), DiagonalNormalGuide(64, 4, (32,))
     result = fit(model, guide, train, test, epochs=3, **SETTINGS)
     row = result.history[-1]
     assert math.isfinite(row["train_elbo"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
-from pyro_aevb.guides import GMVAEEncoder
+from pyro_aevb.guides import GMVAEGuide
 from pyro_aevb.models import GaussianMixtureVAE
 from torch import nn
 from torch.nn import functional as F
@@ -37,7 +37,7 @@ def float64():
 def small_pair(estimator="enumerate", clusters=4, seed=0, temperature=None):
     torch.manual_seed(seed)
     model = GaussianMixtureVAE(64, clusters, 3, (16,))
-    guide = GMVAEEncoder(64, clusters, 3, (16,), estimator=estimator, temperature=temperature)
+    guide = GMVAEGuide(64, clusters, 3, (16,), estimator=estimator, temperature=temperature)
     return model, guide
 
 
@@ -62,7 +62,7 @@ def test_enumerated_elbo_equals_an_explicit_sum_over_clusters(digits, float64):
     elbo = torch.zeros(6)
     for c in range(4):
         onehot = F.one_hot(torch.full((6,), c), 4).double()
-        q_loc, q_scale = guide.latent.posterior(torch.cat([x, onehot], -1))
+        q_loc, q_scale = guide.latent.encode(torch.cat([x, onehot], -1))
         p_loc, p_scale = model.cluster_prior(onehot)
         logits = model.decoder(z[c])
         term = (
@@ -293,9 +293,9 @@ def test_importance_weighted_objectives_reject_the_enumerated_site(digits):
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="unknown estimator"):
-        GMVAEEncoder(64, 4, 3, (16,), estimator="reinforce")
+        GMVAEGuide(64, 4, 3, (16,), estimator="reinforce")
     with pytest.raises(ValueError, match="estimator='gumbel' only"):
-        GMVAEEncoder(64, 4, 3, (16,), temperature=TemperatureSchedule())
+        GMVAEGuide(64, 4, 3, (16,), temperature=TemperatureSchedule())
     with pytest.raises(ValueError, match="at least 2 clusters"):
         GaussianMixtureVAE(64, 1)
     model, guide = small_pair()

@@ -100,7 +100,7 @@ def test_iwae_matches_a_hand_written_per_datapoint_bound(digits):
     torch.manual_seed(3)
     eps = torch.randn(K, 10, 4, dtype=torch.float64)  # what the guide's rsample draws
     with torch.no_grad():
-        loc, scale = guide.posterior(x)
+        loc, scale = guide.encode(x)
         z = loc + scale * eps
         log_q = (-0.5 * eps**2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prior = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
-from pyro_aevb.guides.vrnn import VRNNEncoder
+from pyro_aevb.guides.vrnn import VRNNGuide
 from pyro_aevb.models import VAE
 from pyro_aevb.models.vrnn import VRNN, RowByRowGeneration
 from torch.distributions import Bernoulli, Normal, kl_divergence
@@ -38,7 +38,7 @@ def _one_thread():
 def _pair(seed=0, double=False):
     torch.manual_seed(seed)
     model = VRNN(x_dim=D, z_dim=L, rnn_dim=12, hidden=(10,), num_steps=T)
-    guide = VRNNEncoder(model, hidden=(10,))
+    guide = VRNNGuide(model, hidden=(10,))
     if double:
         model.double(), guide.double()
     return model, guide
@@ -192,7 +192,7 @@ def test_check_pair_and_importance_sampling(rows):
 def test_generation_row_by_row(rows):
     model, _ = _pair()
     torch.manual_seed(0)
-    draws = model.generate(6)
+    draws = model.generate(6, mean=False)
     means = model.generate(4, steps=11, mean=True)
     assert draws.shape == (6, T, D) and means.shape == (4, 11, D)
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
@@ -271,7 +271,7 @@ def test_bad_inputs_are_rejected_with_a_clear_message(rows, fields, message, rol
 
 def test_the_guide_needs_a_vrnn():
     with pytest.raises(ValueError, match="VRNN"):
-        VRNNEncoder(torch.nn.Linear(2, 2))
+        VRNNGuide(torch.nn.Linear(2, 2))
 
 
 def test_grey_values_beyond_the_first_batch_are_refused_before_training(rows):

@@ -213,7 +213,7 @@ class TrainingStep:
         self.pair = bind_pair(model, guide, batch, num_data, summary.data_plate)
         self.clip_norm = clip_norm
         self.divergence_factor = divergence_factor
-        #: smallest |loss| seen so far, the reference of the divergence check
+        #: smallest absolute loss seen so far, the reference of the divergence check
         self.reference_loss: float | None = None
         if getattr(objective, "max_plate_nesting", None) == float("inf"):
             # The contract check has counted the plates: Pyro's ELBOs need not guess (as

@@ -1,0 +1,36 @@
+"""Options that several pairs share, declared once: use them in a builder's annotations,
+``z_dim: Annotated[int, LATENT_DIM] = 20``, each pair with its own default."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..nn import LIKELIHOODS
+from .spec import Option
+
+
+def hidden_sizes(text: str) -> list[int]:
+    """Parse ``--hidden 500,500`` into ``[500, 500]``."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--hidden takes comma-separated sizes, got '{text}'"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden needs positive sizes, got '{text}'")
+    return sizes
+
+
+#: L, the dimension of the continuous latent z (per step for sequence models)
+LATENT_DIM = Option("dimension L of the latent z", flag="--latent-dim", type=int, minimum=1)
+#: the widths of the hidden layers of the networks
+HIDDEN = Option("hidden layer sizes, e.g. 500,500", type=hidden_sizes)
+#: the likelihood p(x | z) of each observed value
+LIKELIHOOD = Option(
+    "the likelihood of each pixel; default: bernoulli for binarized data, else "
+    "continuous_bernoulli",
+    choices=sorted(LIKELIHOODS),
+)
+#: dropout before each hidden layer of the networks
+DROPOUT = Option("dropout probability of the hidden layers", type=float, interval=(0.0, 1.0))
