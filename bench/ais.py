@@ -308,6 +308,7 @@ def figure(result: dict, path: Path) -> None:
                 text = f"{'K' if key == 'iwae' else 'T'}={row[tag]}"
                 ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
         ax.set_xscale("log")
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_xlabel("seconds")
         ax.set_ylabel("mean log p(x) estimate (nats)")
         ax.set_title(f"{name}: {r['settings']['points']} test points")
@@ -329,6 +330,7 @@ def figure(result: dict, path: Path) -> None:
                 fontsize=7,
             )
         ax.set_xscale("log")
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_xlabel("seconds (forward + reverse)")
         ax.set_ylabel("mean log p(x) bound (nats)")
         ax.set_title(f"{name}: BDMC on {r['settings']['bdmc_points']} simulated points")
