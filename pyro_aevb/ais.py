@@ -52,6 +52,7 @@ unbiased. All results are in nats per data point.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -420,6 +421,31 @@ def default_batch_size(num_chains: int, summary: PairSummary) -> int:
     return max(1, MAX_ROWS // (int(num_chains) * summary.guide_enumeration_size))
 
 
+@contextlib.contextmanager
+def intra_op_threads(num_threads: int | None):
+    """Run the block with torch's intra-op thread count set to ``num_threads`` (``None``:
+    leave it), restored after.
+
+    Why AIS offers this: one leapfrog step is a handful of small operations (a forward
+    and backward pass of chains x points rows), and each multi-threaded operation waits
+    for its slowest thread. On a CPU that other processes share, a descheduled thread
+    stalls every operation: on this project's 2-core machine under a load of 6, the
+    default VAE's density evaluation of 80 rows took 0.72 s with torch's default 2
+    threads and 0.022-0.049 s with 1 (``python -m bench.ais``, the profile in
+    bench/README.md). The numbers are the same either way."""
+    if num_threads is None:
+        yield
+        return
+    if int(num_threads) < 1:
+        raise ValueError(f"num_threads must be at least 1 (or None), got {num_threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _progress_bar(total: int, enabled: bool | None, desc: str):
     import sys
 
@@ -456,6 +482,7 @@ def ais_log_likelihood(
     batch_size: int | None = None,
     seed: int | None = 0,
     progress: bool | None = False,
+    num_threads: int | None = None,
 ) -> AISEstimate:
     r"""AIS estimate of :math:`\log p(x_i)` per data point (see the module docstring).
 
@@ -472,6 +499,9 @@ def ais_log_likelihood(
     :param initial: ``"guide"`` (start from :math:`q(z|x)`) or ``"prior"``.
     :param batch_size: data points per pass; default :func:`default_batch_size`.
     :param progress: tqdm bar over annealing steps; ``None``: when stderr is a terminal.
+    :param num_threads: torch intra-op threads for the run (restored after; ``None``:
+        leave them); 1 is much faster on a CPU shared with other processes
+        (:func:`intra_op_threads`).
     """
     import time
 
@@ -480,7 +510,7 @@ def ais_log_likelihood(
     t0 = time.perf_counter()
     out = {"ll": [], "se": [], "acc": [], "ess": [], "w": []}
     first = {k: v[:1] for k, v in fields.items()}
-    with isolated(seed, device), eval_mode(model, guide):
+    with isolated(seed, device), eval_mode(model, guide), intra_op_threads(num_threads):
         summary = check_pair(model, guide, first, allow_model_enumeration=True)
         size = batch_size or default_batch_size(num_chains, summary)
         n = next(iter(fields.values())).shape[0]
@@ -659,6 +689,7 @@ def bdmc(
     batch_size: int | None = None,
     seed: int | None = 0,
     progress: bool | None = False,
+    num_threads: int | None = None,
 ) -> BDMCEstimate:
     r"""Bidirectional Monte Carlo: bracket :math:`\log p(x)` on data simulated from the
     model (see the module docstring).
@@ -684,7 +715,7 @@ def bdmc(
     t0 = time.perf_counter()
     keys = ("lower", "lower_se", "upper", "upper_se", "fwd", "rev")
     out = {k: [] for k in keys}
-    with isolated(seed, device), eval_mode(model, guide):
+    with isolated(seed, device), eval_mode(model, guide), intra_op_threads(num_threads):
         summary = check_pair(model, guide, {k: v[:1] for k, v in template.items()})
         simulated, latents = simulate(model, template, summary)
         size = batch_size or default_batch_size(num_chains, summary)

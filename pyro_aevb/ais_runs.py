@@ -46,6 +46,12 @@ def _add_common(p: argparse.ArgumentParser, points_help: str) -> None:
         default="guide",
         help="start the chains from the guide q(z|x) (default) or the prior p(z)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads for the AIS runs (default: torch's); 1 is much faster "
+        "on a CPU shared with other processes",
+    )
     p.add_argument("--points", type=int, default=100, help=points_help)
     p.add_argument(
         "--compare-particles",
@@ -86,10 +92,13 @@ def _settings(args) -> dict:
     for name in ("ais_steps", "chains", "leapfrog", "points"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be at least 1")
     return dict(
         num_chains=args.chains,
         num_leapfrog=args.leapfrog,
         initial=args.ais_initial,
+        num_threads=args.threads,
     )
 
 

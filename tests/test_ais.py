@@ -440,3 +440,30 @@ def test_on_a_trained_vae_ais_lies_above_iwae_and_bdmc_closes_within_a_nat(train
     simulated = {k: v[:20] for k, v in fields.items()}
     result = bdmc(model, guide, simulated)  # defaults: T = 100, C = 16, 10 leapfrog steps
     assert float(result.gap.mean()) < 1.0
+
+
+def test_num_threads_holds_during_the_run_only_and_leaves_the_numbers_unchanged():
+    """``num_threads`` is a speed setting: the same seed gives the same estimate, the
+    pair runs under the requested intra-op thread count, the caller's is restored, and a
+    count below 1 is refused before any work."""
+    model, guide, x = _fa(n=6)
+    set_to_posterior(guide, model, shift=0.5)
+    seen = []
+
+    def recording_guide(x):
+        seen.append(torch.get_num_threads())
+        return guide(x)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 differs from the caller's count
+    try:
+        options = dict(num_chains=4, num_steps=5, seed=3, **FAST)
+        default = ais_log_likelihood(model, guide, {"x": x}, **options)
+        one = ais_log_likelihood(model, recording_guide, {"x": x}, num_threads=1, **options)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(one.log_weights, default.log_weights, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="num_threads"):
+        bdmc(model, guide, {"x": x}, num_steps=3, num_chains=2, num_threads=0, **FAST)
