@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from .timing import environment
+from .environment import environment
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "work"
