@@ -17,9 +17,9 @@ from .evaluation import (
     evaluate,
     exact_log_evidence,
     importance_log_likelihood,
-    label_usage,
     log_importance_weights,
 )
+from .label_usage import label_usage
 from .objectives import available_objectives, make_objective, register_objective
 from .plate import data_plate, full_data_size
 from .training import DivergenceError, FitResult, NonFiniteLossError, TrainingStep, fit

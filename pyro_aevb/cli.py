@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .data import DATASETS, TRANSFORMS
 from .nn import LIKELIHOODS
-from .objectives import available_objectives
+from .objectives.flags import add_objective_arguments, objective_overrides
 from .pairs import available_pairs
 from .training.optim import LR_SCHEDULES, OPTIMIZERS
 
@@ -57,20 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(LIKELIHOODS),
         help="default: bernoulli for binarized data, else continuous_bernoulli",
     )
-    f.add_argument("--objective", choices=available_objectives(), help="default: elbo")
-    f.add_argument(
-        "--particles",
-        dest="num_particles",
-        type=int,
-        help="samples per data point and training step (default 1)",
-    )
-    f.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0)")
-    f.add_argument(
-        "--estimates",
-        type=int,
-        help="M, the number of IWAE bounds, for --objective miwae or piwae",
-    )
-    f.add_argument("--beta", type=float, help="the ELBO's weight for --objective ciwae")
+    add_objective_arguments(f)  # --objective, --particles and the objectives' options
     f.add_argument(
         "--kl-weight", type=float, help="weight of the KL term (elbo, meanfield; default 1)"
     )
@@ -177,18 +164,14 @@ def _progress(args) -> bool:
 #: the objective, schedule and KL options that _fit gathers into dicts)
 _NOT_CONFIG = {
     "command", "model", "out", "resume", "overwrite", "no_progress", "debug",
-    "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup", "temperature",
+    "em", "em_rounds", "kl_weight", "kl_warmup", "temperature",
 }
 
 
 def _fit(args) -> dict:
     from .runs import resolve_config, train_run
 
-    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    options = {"alpha": args.alpha, "num_estimates": args.estimates, "beta": args.beta}
-    options = {k: v for k, v in options.items() if v is not None}
-    if options:
-        overrides["objective_options"] = options
+    overrides = objective_overrides({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
     if args.kl_weight is not None or args.kl_warmup is not None:
         overrides["kl_annealing"] = {
             "final": 1.0 if args.kl_weight is None else args.kl_weight,

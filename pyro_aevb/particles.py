@@ -1,27 +1,31 @@
-r"""Per-data-point log importance weights of vectorized particles, for training.
+r"""The particle engine: per-data-point log importance weights of vectorized particles,
+for the training objectives (:mod:`pyro_aevb.importance_weighted`) and for evaluation
+(:mod:`pyro_aevb.evaluation`) alike.
 
-The importance-weighted objectives of :mod:`pyro_aevb.importance_weighted` need,
-for a minibatch of ``B`` points and ``P`` particles per point, the log-weights
+For a minibatch of ``B`` points and ``P`` particles per point, both need
 
 .. math::
 
     \log w_{k,i} = \log p_\theta(x_i, z_{k,i}) - \log q_\phi(z_{k,i} \mid x_i),
     \qquad z_{k,i} \sim q_\phi(z \mid x_i),
 
-as a ``(P, B)`` tensor that autograd can differentiate. :func:`draw_particles`
-runs the guide once inside an extra plate of ``P`` particles, to the left of all
-of the pair's plates, and the model replayed on its samples, as
-:func:`pyro_aevb.evaluation.log_importance_weights` does; each site's
-log-density is summed over every dimension but the particle plate and the data
-plate (:func:`log_prob_per_datapoint`).
+as a ``(P, B)`` tensor. :func:`trace_particles` runs the guide once inside an extra
+plate of ``P`` particles, :data:`PARTICLE_PLATE`, and the model replayed on its
+samples. One plate convention throughout: with the pair's own plates nested
+``n`` deep (:attr:`pyro_aevb.contract.PairSummary.max_plate_nesting`), the particle
+plate sits at dim ``-(n + 1)`` (:func:`particle_dim`), so that, as Pyro counts, an
+objective drawing vectorized particles has ``max_plate_nesting = n + 1``; guide sites
+enumerated in parallel (evaluation only) take the dims to its left. Each site's
+log-density is summed over every dimension but the particle plate and the data plate
+(:func:`log_prob_per_datapoint`).
 
-The log-densities are *unscaled*: the data plate's subsample scale ``N / B``
-(and any ``poutine.scale`` around the whole pair, as :func:`pyro_aevb.fit`
-applies) must multiply the per-point bound, after the log-sum-exp over
-particles, not the log-weights. :func:`draw_particles` returns that scale and
-checks that every site carries the same one.
+The log-densities are *unscaled*: the data plate's subsample scale ``N / B`` (and
+any ``poutine.scale`` around the whole pair, as :func:`pyro_aevb.fit` applies) must
+multiply the per-point bound, after the log-sum-exp over particles, not the
+log-weights. :func:`check_sites` returns that scale and checks that every site
+carries the same one.
 
-Which pairs qualify, and why the others are rejected:
+Which pairs the training objectives accept (:func:`check_sites`), and why:
 
 * every latent site lies inside ``pyro.plate("data")``: a global latent couples
   all data points, so there is no per-point weight to average;
@@ -29,30 +33,49 @@ Which pairs qualify, and why the others are rejected:
   the samples (score-function IWAE gradients are not implemented);
 * the guide samples every latent site of the model and nothing is marked for
   enumeration (sum discrete sites out with the ``enum`` objective instead).
+
+Evaluation differentiates nothing and accepts more (:func:`importance_terms`): guide
+sites marked for enumeration are summed out, and a model latent the guide does not
+sample is drawn from its prior, which is then part of the proposal and cancels from the
+weight. Pairs that cannot broadcast over a leading particle dimension are evaluated one
+particle per pass (:func:`probe_particle_mode`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
+from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
+from .contexts import isolated, replayed_rng
+from .contract import (
+    ContractError,
+    PairSummary,
+    batch_size_of,
+    call_arguments,
+    warn_once,
+)
 from .contract import is_latent_site as _is_latent
 from .plate import DATA_PLATE, find_data_plate
 
 #: name of the plate that vectorizes the particles
-PARTICLE_PLATE = "_iw_particles"
+PARTICLE_PLATE = "_particles"
+
+
+def particle_dim(pair_nesting: int) -> int:
+    """The dim of the particle plate for a pair whose plates nest ``pair_nesting`` deep."""
+    return -(int(pair_nesting) + 1)
 
 
 def log_prob_per_datapoint(
-    site: dict, num_dims: int, data_dim: int, enum_dims: int = 0
+    site: dict, num_dims: int, data_dim: int, enum_dims: int = 0, detach_params: bool = False
 ) -> torch.Tensor:
     """Unscaled, masked log-density of a trace site summed to ``(P or 1, B or 1)``.
 
@@ -61,8 +84,11 @@ def log_prob_per_datapoint(
     :param data_dim: the (negative) dim of the data plate.
     :param enum_dims: enumeration dimensions to the left of the particle plate, kept
         as the leading dims of the result: ``(E_n or 1, ..., E_1 or 1, P or 1, B or 1)``.
+    :param detach_params: evaluate the density with its parameters detached, as a
+        function of the value only (for path-derivative gradients).
     """
-    lp = site["fn"].log_prob(site["value"])
+    fn = detach(site["fn"]) if detach_params else site["fn"]
+    lp = fn.log_prob(site["value"])
     lp = scale_and_mask(lp, 1.0, site["mask"])
     total = num_dims + enum_dims
     if lp.dim() > total:
@@ -169,9 +195,105 @@ def check_sites(model_trace, guide_trace) -> tuple[int, int, float | torch.Tenso
     return data_dim, batch_size, scale
 
 
+
+@dataclass
+class ParticleTraces:
+    """One vectorized pass of the guide and of the model replayed on its samples."""
+
+    model_trace: poutine.Trace
+    guide_trace: poutine.Trace
+    #: the guide trace with the values the model saw, to replay the guide on them
+    replay_trace: poutine.Trace
+    #: latent name -> (the guide's sample, the value the model saw)
+    latents: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    num_particles: int
+    #: batch dims of every site: the pair's plates and the particle plate
+    num_dims: int
+
+    def model_sites(self) -> list[dict]:
+        return [
+            s
+            for s in self.model_trace.nodes.values()
+            if s["type"] == "sample" and not site_is_subsample(s)
+        ]
+
+    def guide_latent_sites(self) -> list[dict]:
+        return [s for s in self.guide_trace.nodes.values() if _is_latent(s)]
+
+
+def trace_particles(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    pair_nesting: int,
+    *,
+    vectorized: bool = True,
+    enumerate_guide: bool = False,
+    detach_latents: bool | Callable[[poutine.Trace], bool] = False,
+    model_kwargs: dict | None = None,
+) -> ParticleTraces:
+    """Trace the guide inside the particle plate and the model replayed on its samples.
+
+    :param pair_nesting: how deep the pair's own plates nest.
+    :param vectorized: draw ``num_particles`` in the plate of particles; ``False`` draws
+        one particle with no such plate (its dim is then a size-1 dim of every site).
+    :param enumerate_guide: enumerate guide sites marked for parallel enumeration, in
+        the dims to the left of the particle plate.
+    :param detach_latents: let the model see the samples as fresh leaf tensors
+        (``z.detach().requires_grad_()``), so that gradients with respect to the
+        latents can be taken apart from the guide's own graph; a function of the guide
+        trace decides once the guide has run.
+    :param model_kwargs: the model's keyword arguments, where they differ from the
+        guide's ``kwargs``.
+    """
+    dim = particle_dim(pair_nesting)
+    plate = (
+        pyro.plate(PARTICLE_PLATE, num_particles, dim=dim)
+        if vectorized
+        else contextlib.nullcontext()
+    )
+    with plate:
+        traced = poutine.enum(guide, first_available_dim=dim - 1) if enumerate_guide else guide
+        guide_trace = poutine.trace(traced).get_trace(*args, **kwargs)
+        if callable(detach_latents):
+            detach_latents = detach_latents(guide_trace)
+        replay_trace = guide_trace
+        latents = {}
+        if detach_latents:
+            replay_trace = guide_trace.copy()
+        for name, site in guide_trace.nodes.items():
+            if _is_latent(site):
+                seen = site["value"].detach().requires_grad_() if detach_latents else site["value"]
+                latents[name] = (site["value"], seen)
+                if detach_latents:
+                    replay_trace.nodes[name] = dict(site, value=seen)
+        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
+            *args, **(kwargs if model_kwargs is None else model_kwargs)
+        )
+    return ParticleTraces(
+        model_trace,
+        guide_trace,
+        replay_trace,
+        latents,
+        num_particles if vectorized else 1,
+        -dim,
+    )
+
+
+def _sum_sites(sites, num_dims, data_dim, shape, detach_params=False) -> torch.Tensor:
+    total = torch.zeros(())
+    for site in sites:
+        total = total + log_prob_per_datapoint(
+            site, num_dims, data_dim, detach_params=detach_params
+        )
+    return total.expand(shape)
+
+
 @dataclass
 class ParticleDraws:
-    """One vectorized pass of the guide and of the model replayed on its samples."""
+    """The checked log-densities of one vectorized pass, for the training objectives."""
 
     #: :math:`\log p(x_i, z_{k,i})`, shape ``(P, B)``, unscaled
     log_p: torch.Tensor
@@ -179,23 +301,31 @@ class ParticleDraws:
     log_q: torch.Tensor
     #: the common scale of all sites (``N / B`` inside :func:`pyro_aevb.fit`-like loops)
     scale: float | torch.Tensor
-    #: latent name -> (the guide's sample, the value the model saw)
-    latents: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    #: the guide trace with the values the model saw, to replay the guide on them
-    replay_trace: poutine.Trace
+    traces: ParticleTraces
     data_dim: int
-    num_dims: int
 
     @property
     def log_w(self) -> torch.Tensor:
         return self.log_p - self.log_q
 
+    @property
+    def latents(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return self.traces.latents
 
-def _sum_sites(sites, num_dims, data_dim, shape) -> torch.Tensor:
-    total = torch.zeros(())
-    for site in sites:
-        total = total + log_prob_per_datapoint(site, num_dims, data_dim)
-    return total.expand(shape)
+    @property
+    def num_dims(self) -> int:
+        return self.traces.num_dims
+
+    def log_q_at_detached_params(self) -> torch.Tensor:
+        r""":math:`\log q_{\bar\phi}(z_{k,i} \mid x_i)`, ``(P, B)``: the guide's densities
+        with their parameters detached, a function of the samples only."""
+        return _sum_sites(
+            self.traces.guide_latent_sites(),
+            self.num_dims,
+            self.data_dim,
+            self.log_q.shape,
+            detach_params=True,
+        )
 
 
 def draw_particles(
@@ -204,61 +334,27 @@ def draw_particles(
     args: tuple,
     kwargs: dict,
     num_particles: int,
-    max_plate_nesting: int,
-    detach_latents: bool = False,
+    pair_nesting: int,
+    detach_latents: bool | Callable[[poutine.Trace], bool] = False,
 ) -> ParticleDraws:
-    """Draw ``num_particles`` particles per data point in one vectorized pass.
+    """Draw ``num_particles`` particles per data point in one vectorized pass, check the
+    pair (:func:`check_sites`) and sum the log-densities per data point.
 
-    :param detach_latents: let the model see the samples as fresh leaf tensors
-        (``z.detach().requires_grad_()``), so that gradients with respect to the
-        latents can be taken apart from the guide's own graph (DReG, STL, PIWAE).
+    :param pair_nesting: how deep the pair's own plates nest.
+    :param detach_latents: see :func:`trace_particles` (split-gradient estimators).
     """
-    dim = -(max_plate_nesting + 1)
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        replay_trace = guide_trace.copy()
-        latents = {}
-        for name, site in guide_trace.nodes.items():
-            if _is_latent(site):
-                seen = site["value"].detach().requires_grad_() if detach_latents else site["value"]
-                latents[name] = (site["value"], seen)
-                replay_trace.nodes[name] = dict(site, value=seen)
-        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
-            *args, **kwargs
-        )
-    data_dim, batch_size, scale = check_sites(model_trace, guide_trace)
-    num_dims = max_plate_nesting + 1
-    shape = (num_particles, batch_size)
-    model_sites = [
-        s for s in model_trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)
-    ]
-    guide_sites = [s for s in guide_trace.nodes.values() if _is_latent(s)]
-    return ParticleDraws(
-        log_p=_sum_sites(model_sites, num_dims, data_dim, shape),
-        log_q=_sum_sites(guide_sites, num_dims, data_dim, shape),
-        scale=scale,
-        latents=latents,
-        replay_trace=replay_trace,
-        data_dim=data_dim,
-        num_dims=num_dims,
+    traces = trace_particles(
+        model, guide, args, kwargs, num_particles, pair_nesting, detach_latents=detach_latents
     )
-
-
-def rng_state() -> tuple:
-    """The CPU (and, if initialized, CUDA) random state, for :func:`replayed_rng`."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
-
-
-@contextlib.contextmanager
-def replayed_rng(state: tuple) -> Iterator[None]:
-    """Run a block from the random ``state`` and restore the current state after it."""
-    cpu, cuda = state
-    with torch.random.fork_rng(devices=list(range(len(cuda))) if cuda is not None else []):
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        yield
+    data_dim, batch_size, scale = check_sites(traces.model_trace, traces.guide_trace)
+    shape = (num_particles, batch_size)
+    return ParticleDraws(
+        log_p=_sum_sites(traces.model_sites(), traces.num_dims, data_dim, shape),
+        log_q=_sum_sites(traces.guide_latent_sites(), traces.num_dims, data_dim, shape),
+        scale=scale,
+        traces=traces,
+        data_dim=data_dim,
+    )
 
 
 def guide_log_density_at(
@@ -275,7 +371,7 @@ def guide_log_density_at(
     """
     num_particles = draws.log_q.shape[0]
     with replayed_rng(state), pyro.plate(PARTICLE_PLATE, num_particles, dim=-draws.num_dims):
-        trace = poutine.trace(poutine.replay(guide, trace=draws.replay_trace)).get_trace(
+        trace = poutine.trace(poutine.replay(guide, trace=draws.traces.replay_trace)).get_trace(
             *args, **kwargs
         )
     sites = [s for s in trace.nodes.values() if _is_latent(s)]
@@ -288,3 +384,151 @@ def guide_log_density_at(
             "sample sites (e.g. dropout) or put the guide in eval mode"
         )
     return log_q
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+
+def importance_terms(
+    model: Callable,
+    guide: Callable,
+    batch: Mapping[str, torch.Tensor],
+    num_particles: int,
+    summary: PairSummary,
+    vectorized: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-particle log-weights and ELBO terms, each ``(K, B)``, nats.
+
+    Particles are drawn in one vectorized pass through the plate of particles. Without
+    enumerated guide sites both outputs are
+    :math:`\log w_k = \log p(x, z_k) - \log q(z_k \mid x)`.
+
+    Guide sites marked ``infer={"enumerate": "parallel"}`` (a discrete :math:`y`) are
+    enumerated in parallel, to the left of the particle plate, and the rest of the
+    guide (:math:`z_{k,y} \sim q(z \mid x, y)`) is drawn once per value. The weight
+    of particle :math:`k` then sums over the values, a stratified estimator that
+    needs no proposal for :math:`y`,
+
+    .. math::
+
+        w_k = \sum_y \frac{p(x, y, z_{k,y})}{q(z_{k,y} \mid x, y)}, \qquad
+        \mathbb{E}[w_k] = \sum_y \int p(x, y, z)\, dz = p(x),
+
+    and the ELBO term weights the values by the guide,
+    :math:`\sum_y q(y \mid x)\,[\log p(x, y, z_{k,y}) - \log q(y \mid x)
+    - \log q(z_{k,y} \mid x, y)]`, whose mean is the ELBO that ``TraceEnum_ELBO``
+    maximizes.
+
+    With ``vectorized=False`` the particles are drawn one pass each, without the plate
+    of particles, for code that cannot broadcast over a leading dimension (boolean-mask
+    indexing ``x[mask]``, ``view(B, ...)``): the same estimator, ``K`` times the passes.
+    """
+    if not vectorized:
+        parts = [
+            _importance_terms_once(model, guide, batch, 1, summary, vectorized=False)
+            for _ in range(num_particles)
+        ]
+        return torch.cat([w for w, _ in parts]), torch.cat([e for _, e in parts])
+    return _importance_terms_once(model, guide, batch, num_particles, summary)
+
+
+def _importance_terms_once(
+    model: Callable,
+    guide: Callable,
+    batch: Mapping[str, torch.Tensor],
+    num_particles: int,
+    summary: PairSummary,
+    vectorized: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of :func:`importance_terms`: ``num_particles`` in the plate of particles,
+    or one particle with no such plate."""
+    if summary.global_latent_sites:
+        raise NotImplementedError(
+            f"per-data-point evaluation needs every latent site inside the data plate, but "
+            f"{summary.global_latent_sites} are global; evaluate such models with a "
+            "joint (whole-batch) estimator instead"
+        )
+    traces = trace_particles(
+        model,
+        guide,
+        (),
+        call_arguments(guide, batch, "guide"),
+        num_particles,
+        summary.max_plate_nesting,
+        vectorized=vectorized,
+        enumerate_guide=True,
+        model_kwargs=call_arguments(model, batch, "model"),
+    )
+    guide_latents = {s["name"]: s for s in traces.guide_latent_sites()}
+    enumerated = [
+        n for n, s in guide_latents.items() if s["infer"].get("_enumerate_dim") is not None
+    ]
+    num_enum = len(enumerated)
+
+    def per_datapoint(site):
+        return log_prob_per_datapoint(site, traces.num_dims, summary.data_dim, num_enum)
+
+    log_joint = torch.zeros(())  # log p(x, y, z) - log q(z | x, y): (E..., K, B)
+    for site in traces.model_sites():
+        if not site["is_observed"] and site["name"] not in guide_latents:
+            continue  # drawn from its prior: part of the proposal, cancels
+        log_joint = log_joint + per_datapoint(site)
+    log_q_enumerated = torch.zeros(())
+    for name, site in guide_latents.items():
+        if name in enumerated:
+            log_q_enumerated = log_q_enumerated + per_datapoint(site)
+        else:
+            log_joint = log_joint - per_datapoint(site)
+    batch_size = batch_size_of(batch)
+    shape = torch.broadcast_shapes(log_joint.shape, (1,) * num_enum + (num_particles, batch_size))
+    log_joint = log_joint.expand(shape).reshape(-1, num_particles, batch_size)
+    if not num_enum:
+        return log_joint[0], log_joint[0]
+    log_q = log_q_enumerated.expand(shape).reshape(-1, num_particles, batch_size)
+    elbo = (log_q.exp() * (log_joint - log_q)).sum(0)
+    return torch.logsumexp(log_joint, 0), elbo
+
+
+#: what the fallback warning tells the user to change for vectorized particles
+LOOP_ADVICE = (
+    "write the model and guide so that they broadcast over extra leading batch "
+    "dimensions: index with x[..., mask] or torch.where instead of x[mask], use "
+    "x.shape[-k:] and reshape(*x.shape[:-1], ...) instead of fixed sizes, and put "
+    "per-data-point sites in a plate with an explicit dim"
+)
+
+
+def probe_particle_mode(
+    model: Callable, guide: Callable, batch: Mapping, summary: PairSummary, particles: int = 2
+) -> str:
+    """Draw a few particles as evaluation does: ``"vectorized"`` if one pass through a
+    plate of particles gives finite weights of shape ``(K, B)``, else ``"loop"`` if one
+    pass per particle does (with a warning, once, saying what to change for speed).
+
+    :raises ContractError: if neither works, with both errors.
+    """
+    with torch.no_grad(), isolated(0), poutine.block():
+        try:
+            log_w, _ = importance_terms(model, guide, batch, particles, summary)
+            if log_w.shape == (particles, batch_size_of(batch)):
+                return "vectorized"
+            vector_error = f"weights of shape {tuple(log_w.shape)}"
+        except NotImplementedError:
+            raise  # what no mode of drawing particles changes (global latents)
+        except Exception as error:  # noqa: BLE001 - any failure selects the fallback
+            vector_error = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        try:
+            importance_terms(model, guide, batch, 1, summary, vectorized=False)
+        except Exception as error:  # noqa: BLE001
+            raise ContractError(
+                "evaluation cannot draw particles for this pair, neither vectorized "
+                f"({vector_error}) nor one at a time ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]})"
+            ) from error
+    warn_once(
+        "particle-loop",
+        f"the pair fails with vectorized particles ({vector_error}); evaluation draws "
+        "them one pass each instead (the same estimator, K times slower). For speed, "
+        + LOOP_ADVICE,
+    )
+    return "loop"
