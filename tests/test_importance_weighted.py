@@ -361,7 +361,8 @@ def test_dreg_and_stl_guide_gradients_vanish_at_the_exact_posterior(linear_gauss
 
 
 def test_path_derivative_estimators_work_with_dropout_before_the_sample(digits):
-    """The guide is re-run from the same random state, so dropout draws the same masks."""
+    """log q comes from the pass that drew the samples (a guide with several latent sites
+    is re-run from the same random state), so dropout's masks are the same in both."""
     model, guide = tiny_vae(dropout=0.3)
     x = _binary_digits(digits)
     pyro.set_rng_seed(0)
