@@ -1,63 +1,9 @@
-r"""Importance-weighted objectives, per data point, and their gradient estimators.
+r"""The template of the importance-weighted objectives and its two gradient variants.
 
-With :math:`K` particles :math:`z_{1:K} \sim q_\phi(z \mid x)` and weights
-:math:`w_k = p_\theta(x, z_k) / q_\phi(z_k \mid x)`, the importance-weighted bound
-of Burda et al. (2016) is
-
-.. math::
-
-    \mathcal L_K(x) = \mathbb E\Big[\log \frac1K \sum_{k=1}^K w_k\Big]
-    \le \mathcal L_{K+1}(x) \le \log p_\theta(x),
-    \qquad \mathcal L_1 = \text{ELBO}.
-
-Every objective here forms the weights *per data point* (the particle plate and
-the data plate are kept apart, :mod:`pyro_aevb.particles`), takes the log-mean-exp
-over particles, sums over the data plate and multiplies by the data plate's
-subsample scale :math:`N/B`, so that, as with :class:`~pyro.infer.Trace_ELBO`,
-``loss`` is an unbiased estimate of minus the full-data bound. (Pyro's
-:class:`~pyro.infer.RenyiELBO` weights the whole minibatch jointly instead.)
-Particles are drawn in one vectorized pass.
-
-=================  ===============================================================
-class              bound (loss = -bound) and gradient
-=================  ===============================================================
-:class:`IWAE`      :math:`\mathcal L_K`, gradient through the reparameterized samples
-:class:`DReG`      :math:`\mathcal L_K`, doubly reparameterized guide gradient
-                   (Tucker et al., 2019)
-:class:`MIWAE`     :math:`\frac1M \sum_m \mathcal L_K^{(m)}`, M independent bounds
-:class:`CIWAE`     :math:`\beta\,\text{ELBO} + (1-\beta)\,\mathcal L_K` on the same draws
-:class:`PIWAE`     model follows :math:`\mathcal L_{MK}`, guide follows MIWAE(M, K)
-:class:`STLELBO`   the ELBO with the path-derivative ("sticking the landing")
-                   guide gradient (Roeder et al., 2017)
-=================  ===============================================================
-
-Rainforth et al. (2018) show that the signal-to-noise ratio of the standard IWAE
-guide gradient falls like :math:`O(1/\sqrt K)` while the model's rises like
-:math:`O(\sqrt K)`; MIWAE, CIWAE and PIWAE trade the two, DReG removes the
-problem for the guide. :func:`pyro_aevb.diagnostics.gradient_snr` measures it.
-
-The classes follow the template of Pyro's ``ELBO`` subclasses:
-:class:`ImportanceWeightedELBO` draws the particles (:meth:`~ImportanceWeightedELBO._draw`)
-and forms the loss; a subclass says which bound it is (:meth:`bound`) and, when its
-gradient is not the plain reparameterized gradient of that bound, how it builds the
-surrogate (:class:`SplitGradientELBO` with per-particle weights for the model and the
-guide, :class:`PathDerivativeELBO` for path-derivative guide gradients).
-
-Requirements (checked on every call, see :mod:`pyro_aevb.particles`): every latent
-site inside ``pyro.plate("data")`` and sampled by the guide with a
-reparameterizable distribution; no enumeration. DReG and STL on a guide with several
-latent sites re-run the guide on the drawn latents and need it to be deterministic
-given them.
-
-As Pyro counts, ``max_plate_nesting`` includes the plate of particles: an objective
-given ``max_plate_nesting=n`` (the pair's plates) holds ``n + 1``.
-
-References: Burda, Grosse & Salakhutdinov (2016), Importance weighted
-autoencoders; Roeder, Wu & Duvenaud (2017), Sticking the landing: simple,
-lower-variance gradient estimators for variational inference; Rainforth et al.
-(2018), Tighter variational bounds are not necessarily better; Tucker, Lawson, Gu
-& Maddison (2019), Doubly reparameterized gradient estimators for Monte Carlo
-objectives.
+:class:`ImportanceWeightedELBO` draws the particles and differentiates the bound through
+the reparameterized samples; :class:`SplitGradientELBO` weights the particles differently
+for the model and the guide; :class:`PathDerivativeELBO` keeps only the path derivative
+of the guide gradient (see :mod:`pyro_aevb.importance_weighted`).
 """
 
 from __future__ import annotations
@@ -69,8 +15,9 @@ import torch
 from pyro.infer import ELBO
 from pyro.util import warn_if_nan
 
-from .contexts import rng_state
-from .particles import ParticleDraws, draw_particles, guide_log_density_at
+from ..contexts import rng_state
+from ..contract import is_latent_site
+from ..particles import ParticleDraws, draw_particles, guide_log_density_at
 
 
 def _count(value, name: str) -> int:
@@ -245,8 +192,6 @@ class SplitGradientELBO(ImportanceWeightedELBO):
 
 
 def _has_several_latents(guide_trace) -> bool:
-    from .contract import is_latent_site
-
     return sum(1 for s in guide_trace.nodes.values() if is_latent_site(s)) > 1
 
 
@@ -303,158 +248,3 @@ class PathDerivativeELBO(ImportanceWeightedELBO):
                     view = _along_sample(factor, guide_sites[name], draws.num_dims, draws.data_dim)
                     sample.register_hook(lambda grad, view=view: grad * view)
         return -(draws.scale * self.bound(log_w)).sum()
-
-
-class IWAE(ImportanceWeightedELBO):
-    r"""The importance-weighted bound :math:`\mathcal L_K` (Burda et al., 2016), per
-    data point:
-
-    .. math::
-
-        \text{loss} = -\frac{N}{B} \sum_{i=1}^B \log \frac1K \sum_{k=1}^K
-        \frac{p_\theta(x_i, z_{k,i})}{q_\phi(z_{k,i} \mid x_i)},
-
-    differentiated through the reparameterized samples: model and guide gradients
-    weight particle :math:`k` by its normalized weight :math:`\tilde w_k = w_k / \sum_j
-    w_j`. :class:`DReG` has the same bound with another guide gradient.
-
-    :param int num_particles: :math:`K`, importance samples per data point.
-    :param int max_plate_nesting: the pair's plate nesting; guessed by running the
-        pair once if omitted.
-    """
-
-    def __init__(self, num_particles: int = 2, max_plate_nesting=None):
-        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
-
-    def bound(self, log_w):
-        return _log_mean_exp(log_w, 0)
-
-
-class DReG(PathDerivativeELBO, IWAE):
-    r"""The IWAE bound :math:`\mathcal L_K` with the doubly reparameterized guide
-    gradient of Tucker et al. (2019, eq. 7-8),
-
-    .. math::
-
-        \nabla_\phi \mathcal L_K = \mathbb E\Big[\sum_k \tilde w_k^2\,
-        \frac{\partial \log w_k}{\partial z_k} \frac{\partial z_k}{\partial \phi}\Big],
-
-    where :math:`\partial \log w_k / \partial z_k` holds the guide's parameters fixed,
-    and IWAE's model gradient :math:`\sum_k \tilde w_k \nabla_\theta \log p_\theta(x,
-    z_k)`. Same expectation as IWAE's, no score-function term: its variance vanishes at
-    the exact posterior and its signal-to-noise ratio does not decay with :math:`K`.
-
-    The gradient of the loss at :math:`\log w_k` is :math:`\tilde w_k`; the hook on
-    each sample multiplies what reaches it by :math:`\tilde w_k` once more.
-
-    :param int num_particles: :math:`K`, importance samples per data point.
-    :param int max_plate_nesting: the pair's plate nesting; guessed if omitted.
-    """
-
-    def _gradient_weights(self, log_w):
-        normalized = torch.softmax(log_w, 0)
-        return normalized, normalized**2
-
-    def _sample_gradient_factor(self, log_w):
-        return torch.softmax(log_w, 0)
-
-
-class MIWAE(ImportanceWeightedELBO):
-    r"""The mean of :math:`M` independent IWAE bounds of :math:`K` particles each
-    (Rainforth et al., 2018), from :math:`MK` draws per data point:
-
-    .. math::
-
-        \mathcal L_{M,K} = \frac1M \sum_{m=1}^M \log \frac1K \sum_{k=1}^K w_{m,k}.
-
-    :math:`M = 1` is :class:`IWAE`, :math:`K = 1` the ELBO with :math:`M` particles.
-
-    :param int num_estimates: :math:`M`.
-    :param int num_particles: :math:`K`, particles per bound.
-    """
-
-    def __init__(self, num_estimates: int, num_particles: int, max_plate_nesting=None):
-        super().__init__(num_particles, num_estimates, max_plate_nesting)
-
-    def bound(self, log_w):
-        return _log_mean_exp(self._grouped(log_w), 1).mean(0)
-
-
-class CIWAE(ImportanceWeightedELBO):
-    r"""A convex combination of the ELBO and the IWAE bound on the same :math:`K`
-    draws (Rainforth et al., 2018):
-
-    .. math::
-
-        \mathcal L^\beta_K = \beta\,\frac1K \sum_k \log w_k
-        + (1 - \beta) \log \frac1K \sum_k w_k, \qquad 0 \le \beta \le 1.
-
-    :param float beta: weight of the ELBO; 1 is the ELBO, 0 is :class:`IWAE`.
-    :param int num_particles: :math:`K`.
-    """
-
-    def __init__(self, beta: float, num_particles: int, max_plate_nesting=None):
-        if not isinstance(beta, numbers.Real) or not 0.0 <= beta <= 1.0:
-            raise ValueError(
-                f"beta must be in [0, 1] (1: the ELBO, 0: the IWAE bound), got {beta!r}"
-            )
-        self.beta = float(beta)
-        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
-
-    def bound(self, log_w):
-        return self.beta * log_w.mean(0) + (1.0 - self.beta) * _log_mean_exp(log_w, 0)
-
-
-class PIWAE(SplitGradientELBO):
-    r"""Partially importance-weighted autoencoder (Rainforth et al., 2018): from one
-    set of :math:`MK` draws per data point, the model parameters follow the
-    gradient of :math:`\mathcal L_{MK}` (:class:`IWAE` with :math:`MK` particles)
-    and the guide parameters that of :math:`\mathcal L_{M,K}` (:class:`MIWAE`),
-    whose guide gradient has the higher signal-to-noise ratio.
-
-    The reported loss is :math:`-\mathcal L_{MK}`, the model's objective.
-
-    :param int num_estimates: :math:`M`.
-    :param int num_particles: :math:`K`, particles per guide bound.
-    """
-
-    def __init__(self, num_estimates: int, num_particles: int, max_plate_nesting=None):
-        super().__init__(num_particles, num_estimates, max_plate_nesting)
-
-    def bound(self, log_w):
-        return _log_mean_exp(log_w, 0)
-
-    def _gradient_weights(self, log_w):
-        model = torch.softmax(log_w, 0)
-        guide = torch.softmax(self._grouped(log_w), 1) / self.num_estimates
-        return model, guide.reshape(log_w.shape)
-
-
-class STLELBO(PathDerivativeELBO):
-    r"""The ELBO with the "sticking the landing" guide gradient (Roeder et al., 2017).
-
-    The reparameterized ELBO gradient splits into a path derivative and a score
-    term :math:`-\nabla_\phi \log q_\phi(z)\big|_{z\ \text{fixed}}`, whose
-    expectation is zero. Dropping the score term,
-
-    .. math::
-
-        \nabla_\phi \approx \frac1K \sum_k \nabla_z \big[\log p_\theta(x, z_k) -
-        \log q_\phi(z_k \mid x)\big] \frac{\partial z_k}{\partial \phi},
-
-    keeps the expectation and makes the guide gradient exactly zero for every
-    draw once :math:`q` is the exact posterior. The model gradient and the loss
-    are those of :class:`~pyro.infer.Trace_ELBO` with :math:`K` particles.
-
-    :param int num_particles: :math:`K`, samples averaged per data point.
-    """
-
-    def __init__(self, num_particles: int = 1, max_plate_nesting=None):
-        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
-
-    def bound(self, log_w):
-        return log_w.mean(0)
-
-    def _gradient_weights(self, log_w):
-        uniform = torch.full_like(log_w, 1.0 / log_w.shape[0])
-        return uniform, uniform
