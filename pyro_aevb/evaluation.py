@@ -282,6 +282,17 @@ def _is_discrete_likelihood(summary: PairSummary) -> bool:
     )
 
 
+def _pair_device(device, *modules) -> torch.device:
+    """``device`` resolved, or where the pair's first parameter lives (else the CPU)."""
+    if device is not None:
+        from .device import resolve_device
+
+        return resolve_device(device)
+    modules = [m for m in modules if isinstance(m, torch.nn.Module)]
+    params = [p for m in modules for p in m.parameters()]
+    return params[0].device if params else torch.device("cpu")
+
+
 def evaluate(
     model: Callable,
     guide: Callable,
@@ -325,14 +336,7 @@ def evaluate(
     batch_size = _positive_int(batch_size, "batch_size")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    if device is None:
-        modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
-        params = [p for m in modules for p in m.parameters()]
-        device = params[0].device if params else torch.device("cpu")
-    else:
-        from .device import resolve_device
-
-        device = resolve_device(device)
+    device = _pair_device(device, model, guide)
     if method not in ("importance", "ais"):
         raise ValueError(f"unknown evaluation method '{method}'; choose 'importance' or 'ais'")
     if ais_options and method != "ais":
