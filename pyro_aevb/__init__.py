@@ -25,9 +25,9 @@ from .evaluation import (
     evaluate,
     exact_log_evidence,
     importance_log_likelihood,
-    label_usage,
 )
-from .importance_weighted import CIWAE, IWAE, MIWAE, PIWAE, STLELBO
+from .importance_weighted import CIWAE, IWAE, MIWAE, PIWAE, STLELBO, DReG
+from .label_usage import label_usage
 from .objectives import RenyiELBO, available_objectives, make_objective, register_objective
 from .plate import data_plate
 from .relaxed import TemperatureSchedule
@@ -60,6 +60,7 @@ __all__ = [
     "BDMCEstimate",
     "CIWAE",
     "ContractError",
+    "DReG",
     "Dataset",
     "DivergenceError",
     "Evaluation",

@@ -16,7 +16,8 @@ KL term pulls the guide to the prior. Only :math:`\beta = 1` is a bound on
 It is implemented by scaling every latent sample site, in the model and in the guide
 alike, by :math:`\beta` (:class:`LatentScale`): Trace_ELBO's sampled
 :math:`\log p(z) - \log q(z)` and TraceMeanField_ELBO's analytic KL both pick the
-scale up. Observed sites keep their scale.
+scale up. Observed sites keep their scale. Which objectives separate that way is a
+capability of their spec (``Capabilities.kl_weight``, :mod:`pyro_aevb.objectives`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from dataclasses import dataclass
 
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-
-#: objectives whose loss separates into a likelihood term and latent-site terms
-WEIGHTABLE_OBJECTIVES = ("elbo", "meanfield")
 
 
 @dataclass(frozen=True)

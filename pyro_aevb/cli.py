@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from .data import DATASETS, TRANSFORMS
-from .objectives import available_objectives
+from .objectives.flags import add_objective_arguments, objective_overrides
 from .pairs import available_pairs, get_pair
 from .training.optim import LR_SCHEDULES, OPTIMIZERS
 
@@ -80,23 +80,13 @@ def add_fit_options(parser) -> None:
 
 
 def _add_objective_options(parser) -> None:
-    """The objective and its options."""
-    parser.add_argument("--objective", choices=available_objectives(), help="default: the pair's")
+    """The objective and its options (flags generated from the registered specs), and the
+    KL weight."""
+    add_objective_arguments(parser)  # --objective, --particles and the objectives' options
     parser.add_argument(
-        "--particles",
-        dest="num_particles",
-        type=int,
-        help="samples per data point and training step (default 1)",
-    )
-    parser.add_argument("--alpha", type=float, help="Renyi alpha for --objective renyi (default 0)")
-    parser.add_argument(
-        "--estimates",
-        type=int,
-        help="M, the number of IWAE bounds, for --objective miwae or piwae",
-    )
-    parser.add_argument("--beta", type=float, help="the ELBO's weight for --objective ciwae")
-    parser.add_argument(
-        "--kl-weight", type=float, help="weight of the KL term (elbo, meanfield; default 1)"
+        "--kl-weight",
+        type=float,
+        help="weight of the KL term (objectives whose spec allows a KL weight; default 1)",
     )
     parser.add_argument(
         "--kl-warmup", type=int, help="steps over which the KL weight rises linearly (annealing)"
@@ -202,18 +192,14 @@ def _progress(args) -> bool:
 #: the objective, schedule and KL options that _fit gathers into dicts)
 _NOT_CONFIG = {
     "command", "model", "out", "resume", "overwrite", "no_progress", "debug",
-    "alpha", "estimates", "beta", "em", "em_rounds", "kl_weight", "kl_warmup",
+    "em", "em_rounds", "kl_weight", "kl_warmup",
 }
 
 
 def _fit(args) -> dict:
     from .runs import resolve_config, train_run
 
-    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    options = {"alpha": args.alpha, "num_estimates": args.estimates, "beta": args.beta}
-    options = {k: v for k, v in options.items() if v is not None}
-    if options:
-        overrides["objective_options"] = options
+    overrides = objective_overrides({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
     if args.kl_weight is not None or args.kl_warmup is not None:
         overrides["kl_annealing"] = {
             "final": 1.0 if args.kl_weight is None else args.kl_weight,

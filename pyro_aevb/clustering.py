@@ -18,8 +18,8 @@ from pyro import poutine
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 
+from .contexts import eval_mode, isolated
 from .contract import call_arguments
-from .evaluation import eval_mode, isolated
 
 
 def _counts(assignments, labels) -> np.ndarray:

@@ -16,8 +16,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from .contexts import eval_mode, isolated
 from .contract import call_arguments
-from .evaluation import eval_mode, isolated
 
 
 def _observed_mean(trace, site: str | None) -> torch.Tensor:

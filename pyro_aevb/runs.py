@@ -22,12 +22,12 @@ import torch
 
 from . import checkpoint as ckpt
 from . import plots, rundir
-from .annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing
+from .annealing import KLAnnealing
 from .data import check_labels, get_transform, load_dataset, transform_test_set
 from .data.dataset import Dataset
 from .device import resolve_device
 from .evaluation import evaluate
-from .objectives import make_objective
+from .objectives import capabilities_of, make_objective, with_capability
 from .pairs import PairSpec, available_pairs, get_pair
 from .schedules import AlternatingSchedule
 from .training import FitResult, fit, save_json
@@ -251,9 +251,9 @@ def resolve_config(model: str, overrides: dict) -> dict:
             config[key] = value
     if config.get("kl_annealing"):
         KLAnnealing(**config["kl_annealing"])  # validates the numbers
-        if config["objective"] not in WEIGHTABLE_OBJECTIVES:
+        if not capabilities_of(config["objective"]).kl_weight:
             raise ValueError(
-                f"--kl-weight/--kl-warmup apply to the objectives {list(WEIGHTABLE_OBJECTIVES)}, "
+                f"--kl-weight/--kl-warmup apply to the objectives {with_capability('kl_weight')}, "
                 f"not '{config['objective']}'"
             )
     if config.get("schedule"):

@@ -13,8 +13,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_aevb import data_plate, fit, full_data_size, make_objective
+from pyro_aevb.contexts import rng_state
 from pyro_aevb.diagnostics import gradient_snr, score_function
-from pyro_aevb.importance_weighted import CIWAE, IWAE, MIWAE, PIWAE, STLELBO
+from pyro_aevb.importance_weighted import (
+    CIWAE,
+    IWAE,
+    MIWAE,
+    PIWAE,
+    STLELBO,
+    DReG,
+    ImportanceWeightedELBO,
+    _split_surrogate_loss,
+)
+from pyro_aevb.objectives import available_objectives, capabilities_of, get_objective
 from tests.conftest import GaussianGuide, tiny_vae
 
 NEST = {"max_plate_nesting": 1}  # given, so no guessing pass consumes random numbers
@@ -158,10 +169,150 @@ def test_exact_posterior_gives_the_exact_evidence_for_every_draw(linear_gaussian
 def test_dreg_model_gradient_and_loss_equal_iwae_on_the_same_draws(digits):
     model, guide, x = _double_vae(digits)
     params = list(model.parameters())
-    loss, grads = _loss_and_grads(IWAE(8, "dreg", **NEST), model, guide, x, 5, params)
+    loss, grads = _loss_and_grads(DReG(8, **NEST), model, guide, x, 5, params)
     ref_loss, ref_grads = _loss_and_grads(IWAE(8, **NEST), model, guide, x, 5, params)
     assert torch.equal(loss, ref_loss)
     assert _close(grads, ref_grads)
+
+
+def _dreg_by_rerun(objective, model, guide, x):
+    """DReG's gradient as it was formed before the one-pass hook: leaf copies of the
+    samples, the guide re-run on them, and ``autograd.grad`` for the path derivative."""
+    args, kwargs = (x,), {}
+    objective._ensure_plate_nesting(model, guide, args, kwargs)
+    state = rng_state()
+    draws = objective._draw(model, guide, args, kwargs, detach_latents=True)
+    return _split_surrogate_loss(objective, model, guide, args, kwargs, state, draws, True)
+
+
+def _dreg_by_hand(model, guide, x, K, seed):
+    """Tucker et al. (2019), eq. 7-8, written out for the diagonal-Normal encoder and the
+    Bernoulli decoder: the loss -sum_i log mean_k w_ki, model gradient sum_k w~ d log p,
+    guide gradient sum_k w~^2 (d log w / dz) dz/dphi with log q at fixed parameters."""
+    torch.manual_seed(seed)
+    eps = torch.randn(K, x.shape[0], 4, dtype=torch.float64)  # what the guide's rsample draws
+    loc, scale = guide.posterior(x)
+    z = loc + scale * eps
+
+    def log_w(z):
+        log_q = (
+            -0.5 * ((z - loc.detach()) / scale.detach()) ** 2
+            - scale.detach().log()
+            - 0.5 * math.log(2 * math.pi)
+        ).sum(-1)
+        log_prior = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_lik = -F.binary_cross_entropy_with_logits(
+            model.decoder(z), x.expand(K, *x.shape), reduction="none"
+        ).sum(-1)
+        return log_lik + log_prior - log_q
+
+    leaf = z.detach().requires_grad_()
+    lw = log_w(leaf)
+    loss = -(torch.logsumexp(lw, 0) - math.log(K)).sum()
+    model_grads = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    normalized = torch.softmax(lw.detach(), 0)
+    dlogw_dz = torch.autograd.grad(lw.sum(), leaf)[0]  # log w_ki depends on z_ki only
+    guide_surrogate = -((normalized**2).unsqueeze(-1) * dlogw_dz * z).sum()
+    guide_grads = torch.autograd.grad(guide_surrogate, list(guide.parameters()))
+    return loss.detach(), model_grads + guide_grads
+
+
+def test_dreg_one_pass_gradient_equals_the_rerun_and_a_hand_written_reference(digits):
+    """The one-forward, one-backward DReG (log q at detached parameters, the normalized
+    weights applied by a hook on each sample) against the guide re-run with autograd.grad
+    and against eq. 7-8 written by hand, on the same noise, for model and guide."""
+    model, guide, x = _double_vae(digits)
+    params = list(model.parameters()) + list(guide.parameters())
+    K = 5
+    loss, grads = _loss_and_grads(DReG(K, **NEST), model, guide, x, 3, params)
+    pyro.set_rng_seed(3)
+    rerun = _dreg_by_rerun(DReG(K, **NEST), model, guide, x)
+    rerun_grads = torch.autograd.grad(rerun, params)
+    hand_loss, hand_grads = _dreg_by_hand(model, guide, x, K, 3)
+    assert torch.allclose(loss, rerun.detach(), rtol=1e-12)
+    assert torch.allclose(loss, hand_loss, rtol=1e-10)
+    assert _close(grads, rerun_grads, rtol=1e-6, atol=1e-9)
+    assert _close(grads, hand_grads, rtol=1e-6, atol=1e-9)
+    # and the guide gradient is not IWAE's: the comparison has teeth
+    _, iwae_grads = _loss_and_grads(IWAE(K, **NEST), model, guide, x, 3, params)
+    n = len(list(model.parameters()))
+    assert _close(grads[:n], iwae_grads[:n])
+    assert not _close(grads[n:], iwae_grads[n:], rtol=1e-2, atol=1e-4)
+
+
+class ChainGuide(nn.Module):
+    """``q(z_1) q(z_2 | z_1)``, the two coordinates of the exact LinearGaussian posterior
+    written as a chain (exact at ``shift = 0``, ``log_stretch = 0``), so that the second
+    site's distribution depends on the first sample."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.shift = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        self.log_stretch = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def forward(self, x):
+        pyro.module("chain_guide", self)
+        mean, cov = self.model.posterior(x)
+        s11, s12, s22 = cov[0, 0], cov[0, 1], cov[1, 1]
+        sd1 = s11.sqrt() * self.log_stretch[0].exp()
+        sd2 = (s22 - s12**2 / s11).sqrt() * self.log_stretch[1].exp()
+        with data_plate(x):
+            z1 = pyro.sample("z1", dist.Normal(mean[..., 0] + self.shift[0], sd1))
+            loc2 = mean[..., 1] + s12 / s11 * (z1 - mean[..., 0]) + self.shift[1]
+            pyro.sample("z2", dist.Normal(loc2, sd2))
+
+
+class ChainModel(nn.Module):
+    """The LinearGaussian model with its latent as two sites ``z1``, ``z2``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        W, b, sigma = self.model.W, self.model.b, self.model.sigma
+        with data_plate(x):
+            z1 = pyro.sample("z1", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            z2 = pyro.sample("z2", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            z = torch.stack([z1, z2], -1)
+            pyro.sample("x", dist.Normal(z @ W.T + b, sigma).to_event(1), obs=x)
+
+
+def test_path_derivatives_of_a_hierarchical_guide_vanish_at_the_exact_posterior(
+    linear_gaussian,
+):
+    """With q(z_2 | z_1) depending on z_1, the path derivative must include
+    d log q(z_2 | z_1) / d z_1 (the guide re-run on the samples): then log w = log p(x)
+    for every draw and DReG's and STL's guide gradients are zero, while at a shifted
+    guide they are not."""
+    lg, x = linear_gaussian
+    model, guide = ChainModel(lg), ChainGuide(lg)
+    params = list(guide.parameters())
+    for objective in (DReG(4, **NEST), STLELBO(3, **NEST)):
+        for seed in range(2):
+            _, grads = _loss_and_grads(objective, model, guide, x, seed, params)
+            assert all(g.abs().max() < 1e-9 for g in grads), (objective, grads)
+    with torch.no_grad():
+        guide.shift.fill_(0.3)
+    _, grads = _loss_and_grads(DReG(4, **NEST), model, guide, x, 0, params)
+    assert max(float(g.abs().max()) for g in grads) > 1e-2
+
+
+def test_max_plate_nesting_counts_the_particle_plate_as_pyro_does(digits):
+    """Given the pair's plates, or guessed, the objectives hold the pair's plates plus the
+    plate of particles: Pyro's count for vectorized particles."""
+    model, guide = tiny_vae()
+    x = _binary_digits(digits, n=5)
+    pyro_elbo = pyro.infer.Trace_ELBO(num_particles=3, vectorize_particles=True, **NEST)
+    assert IWAE(3, **NEST).max_plate_nesting == pyro_elbo.max_plate_nesting == 2
+    for objective in (IWAE(3), DReG(3), STLELBO(1), MIWAE(2, 1)):
+        objective.loss(model, guide, x)
+        assert objective.max_plate_nesting == 2, objective
+    guessed = pyro.infer.Trace_ELBO(num_particles=3, vectorize_particles=True)
+    guessed.loss(model, guide, x)
+    assert guessed.max_plate_nesting == 2
+    assert capabilities_of(DReG(3)).path_derivative and not capabilities_of(IWAE(3)).path_derivative
 
 
 def _guide_gradients(objective, model, guide, x, repeats):
@@ -179,7 +330,7 @@ def test_dreg_guide_gradient_is_unbiased_with_lower_variance(linear_gaussian):
     x = x[:10]
     repeats = 300
     iwae = _guide_gradients(IWAE(10, **NEST), model, guide, x, repeats)
-    dreg = _guide_gradients(IWAE(10, "dreg", **NEST), model, guide, x, repeats)
+    dreg = _guide_gradients(DReG(10, **NEST), model, guide, x, repeats)
     # Paired on the same draws: the mean difference is zero up to noise. The upper
     # triangle of the Cholesky factor has identically zero gradients and is skipped.
     diff = dreg - iwae
@@ -200,7 +351,7 @@ def test_dreg_and_stl_guide_gradients_vanish_at_the_exact_posterior(linear_gauss
     model, x = linear_gaussian
     guide = LinearGuide(model)
     params = list(guide.parameters())
-    for objective in (IWAE(5, "dreg", **NEST), STLELBO(1, **NEST), STLELBO(4, **NEST)):
+    for objective in (DReG(5, **NEST), STLELBO(1, **NEST), STLELBO(4, **NEST)):
         for seed in range(3):
             _, grads = _loss_and_grads(objective, model, guide, x, seed, params)
             assert all(g.abs().max() < 1e-9 for g in grads), (objective, grads)
@@ -210,11 +361,12 @@ def test_dreg_and_stl_guide_gradients_vanish_at_the_exact_posterior(linear_gauss
 
 
 def test_path_derivative_estimators_work_with_dropout_before_the_sample(digits):
-    """The guide is re-run from the same random state, so dropout draws the same masks."""
+    """log q comes from the pass that drew the samples (a guide with several latent sites
+    is re-run from the same random state), so dropout's masks are the same in both."""
     model, guide = tiny_vae(dropout=0.3)
     x = _binary_digits(digits)
     pyro.set_rng_seed(0)
-    loss = IWAE(4, "dreg").loss_and_grads(model, guide, x)
+    loss = DReG(4).loss_and_grads(model, guide, x)
     assert math.isfinite(loss)
     assert all(p.grad is not None for p in guide.parameters())
 
@@ -247,7 +399,7 @@ def trained_tiny_vae(digits):
     with pyro.get_param_store().scope():
         pyro.set_rng_seed(0)
         optim = pyro.optim.Adam({"lr": 1e-2})
-        svi = pyro.infer.SVI(model, guide, optim, IWAE(10, "dreg", **NEST))
+        svi = pyro.infer.SVI(model, guide, optim, DReG(10, **NEST))
         for _ in range(300):
             svi.step(x)
     return model, guide, x
@@ -271,7 +423,7 @@ def test_gradient_snr_trend_with_particles(trained_tiny_vae):
     for i in range(points):
         for estimator in ("iwae", "dreg"):
             for k in ks:
-                objective = IWAE(k, estimator, **NEST)
+                objective = {"iwae": IWAE, "dreg": DReG}[estimator](k, **NEST)
                 result = gradient_snr(model, guide, {"x": x[i : i + 1]}, objective, 100, seed=i)
                 snr[estimator, k, "model"].append(result.model.mean)
                 snr[estimator, k, "guide"].append(result.guide.mean)
@@ -294,21 +446,25 @@ def test_gradient_snr_trend_with_particles(trained_tiny_vae):
 
 # ----------------------------------------------------------------------------- training
 
-OPTIONS = {
-    "iwae": {},
-    "dreg": {},
-    "stl": {},
-    "miwae": {"num_estimates": 2},
-    "ciwae": {"beta": 0.5},
-    "piwae": {"num_estimates": 2},
-}
+#: the registered objectives that weight each data point separately
+IMPORTANCE_WEIGHTED = [
+    n
+    for n in available_objectives()
+    if isinstance(
+        get_objective(n).build(4, **get_objective(n).example_options()), ImportanceWeightedELBO
+    )
+]
 
 
-@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_the_importance_weighted_family_is_registered():
+    assert {"iwae", "dreg", "stl", "miwae", "ciwae", "piwae"} <= set(IMPORTANCE_WEIGHTED)
+
+
+@pytest.mark.parametrize("name", IMPORTANCE_WEIGHTED)
 def test_registered_objective_trains_a_small_vae(digits, name):
     x = _binary_digits(digits, n=200)
     model, guide = tiny_vae()
-    elbo = make_objective(name, 4, **OPTIONS[name])
+    elbo = make_objective(name, 4, **get_objective(name).example_options())
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
     pyro.set_rng_seed(0)
     with full_data_size(1000):  # batches of 200 from 1000 points: losses scaled by 5
@@ -320,7 +476,7 @@ def test_registered_objective_trains_a_small_vae(digits, name):
 def test_torch_optimizer_through_elbo_module(digits):
     x = _binary_digits(digits, n=200)
     model, guide = tiny_vae()
-    module = IWAE(4, "dreg")(model, guide)
+    module = DReG(4)(model, guide)
     optim = torch.optim.Adam(module.parameters(), lr=1e-2)
     pyro.set_rng_seed(0)
     losses = []
@@ -421,8 +577,6 @@ def test_clear_errors():
     for beta in (-0.1, 1.5, "half"):
         with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):
             CIWAE(beta, 3)
-    with pytest.raises(ValueError, match="estimator must be 'iwae' or 'dreg'.*STLELBO"):
-        IWAE(3, estimator="stl")
     with pytest.raises(ValueError, match="needs the option num_estimates"):
         make_objective("miwae", 4)
     with pytest.raises(ValueError, match="needs the option beta"):
@@ -449,4 +603,4 @@ def test_a_guide_that_changes_between_passes_is_refused_by_dreg():
             pyro.sample("x", dist.Normal(u, 1.0).to_event(1), obs=x)
 
     with pytest.raises(ValueError, match="deterministic function"):
-        IWAE(3, "dreg", **NEST).differentiable_loss(model, noisy_guide, x)
+        DReG(3, **NEST).differentiable_loss(model, noisy_guide, x)

@@ -77,7 +77,10 @@ def configure(config: dict, overrides: dict) -> None:
 
 def rows_per_point(config: dict) -> int:
     """Enumeration runs the decoder once per cluster."""
-    return int(config["architecture"]["num_clusters"]) if config["objective"] == "enum" else 1
+    from ..objectives import capabilities_of
+
+    enumerates = capabilities_of(config["objective"]).enumerates
+    return int(config["architecture"]["num_clusters"]) if enumerates else 1
 
 
 def history_metrics(model, guide, test_fields) -> dict:

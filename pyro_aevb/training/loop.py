@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pyro
 import torch
+from pyro.infer import ELBO
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
-from ..annealing import WEIGHTABLE_OBJECTIVES, KLAnnealing
+from ..annealing import KLAnnealing
 from ..arguments import adapt, batch_rows, label_field, num_rows, plan_batches, training_fields
 from ..arguments import steps_per_epoch as count_batches
 from ..contract import (
@@ -43,7 +44,7 @@ from ..data.dataset import Dataset
 from ..data.transforms import Identity, Transform, get_transform, transform_test_set
 from ..device import resolve_device
 from ..evaluation import prepare_fields
-from ..objectives import make_objective
+from ..objectives import objective_name, resolve_objective, with_capability
 from ..plate import full_data_size
 from ..rundir import RunLock
 from ..schedules import AlternatingSchedule, JointSchedule
@@ -176,7 +177,7 @@ def fit(
     test: Dataset | Mapping[str, torch.Tensor] | None = None,
     *,
     transform: Transform | str | None = None,
-    objective: str = "elbo",
+    objective: str | ELBO = "elbo",
     num_particles: int = 1,
     objective_options: dict | None = None,
     epochs: int | None = 10,
@@ -212,7 +213,9 @@ def fit(
         after every epoch and drives early stopping.
     :param transform: applied to ``x`` (name or :class:`Transform`); stochastic
         transforms are redrawn every epoch, the test set is drawn once.
-    :param objective: a registered objective name (:mod:`pyro_aevb.objectives`).
+    :param objective: a registered objective name (:mod:`pyro_aevb.objectives`) or a
+        Pyro ``ELBO`` instance, used as it is (as ``pyro.infer.SVI(loss=...)`` does; its
+        capabilities are inferred, :func:`~pyro_aevb.objectives.capabilities_of`).
     :param num_particles: samples per data point and step.
     :param objective_options: extra options of the objective (e.g. ``alpha``).
     :param epochs: total epochs (a resumed run counts the epochs already done);
@@ -311,14 +314,15 @@ def fit(
             "cuda_graph=True with kl_annealing is not supported: a graph would replay the KL "
             "weight of its capture; use cuda_graph=False"
         )
-    elbo = make_objective(objective, num_particles, **(objective_options or {}))
+    elbo, capabilities = resolve_objective(objective, num_particles, objective_options)
+    objective = objective_name(objective)
     transform = get_transform(transform) if transform is not None else Identity()
     schedule = schedule if schedule is not None else JointSchedule()
     if epochs is None and schedule.total_steps is None:
         raise ValueError("epochs=None needs a schedule with a fixed number of rounds")
-    if kl_annealing is not None and objective not in WEIGHTABLE_OBJECTIVES:
+    if kl_annealing is not None and not capabilities.kl_weight:
         raise ValueError(
-            f"a KL weight applies to the objectives {list(WEIGHTABLE_OBJECTIVES)}, not "
+            f"a KL weight applies to the objectives {with_capability('kl_weight')}, not "
             f"'{objective}': an importance-weighted bound mixes the likelihood and the "
             "latent terms inside a log-sum-exp, where no weight separates them"
         )
@@ -369,7 +373,7 @@ def fit(
         )
     run_config = {
         "objective": objective,
-        "num_particles": int(num_particles),
+        "num_particles": int(getattr(elbo, "num_particles", num_particles)),
         "objective_options": objective_options or {},
         "batch_size": batch_size,
         "lr": lr,
@@ -414,7 +418,7 @@ def fit(
                     model,
                     guide,
                     first,
-                    allow_model_enumeration=objective == "enum",
+                    allow_model_enumeration=capabilities.enumerates,
                     check_support=check_support,
                 )
                 if missing is not None and bool(missing.any()) and not bool(missing.all()):
@@ -423,7 +427,7 @@ def fit(
                         model,
                         guide,
                         _first(preview, ~missing, batch_size),
-                        allow_model_enumeration=objective == "enum",
+                        allow_model_enumeration=capabilities.enumerates,
                         check_support=check_support,
                     )
                     summary = merge_summaries(summary, unlabeled)
@@ -434,7 +438,7 @@ def fit(
                 "invalid distribution parameters on the first batch"
                 f"{_where_invalid(e, model, guide)}: {str(e).splitlines()[0]}"
             ) from e
-        advice = objective_advice(summary, objective)
+        advice = None if capabilities.enumerates else objective_advice(summary, objective)
         if advice is not None:
             warn_once(f"objective-{objective}", advice)
         check_data_support(summary, preview)
