@@ -131,7 +131,8 @@ def test_a_new_objective_is_one_file():
     name = extra_objective.SPEC.name
     assert name in available_objectives()
     fit_parser = build_parser()._subparsers._group_actions[0].choices["fit"]
-    objective_flag = next(a for a in fit_parser._actions if a.dest == "objective")
+    vae_parser = fit_parser._subparsers._group_actions[0].choices["vae"]  # one per pair
+    objective_flag = next(a for a in vae_parser._actions if a.dest == "objective")
     assert name in objective_flag.choices
     for test in (
         test_step_equals_pyro_svi_step_for_the_same_noise,
