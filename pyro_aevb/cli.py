@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hide the progress bar (hidden anyway when stderr is not a terminal)",
     )
+    from .training.distributed import add_cli_options
+
+    add_cli_options(f)  # --devices --strategy --num-nodes --accelerator --precision --logger
 
     e = sub.add_parser(
         "evaluate", parents=[common], help="recompute metrics.json from a run's checkpoint"

@@ -31,6 +31,7 @@ from .objectives import make_objective
 from .pairs import PairSpec, available_pairs, get_pair
 from .schedules import AlternatingSchedule
 from .training import FitResult, fit, save_json
+from .training.distributed import fit_options, resolve_settings
 from .training.state import trained_modules
 
 CONFIG_NAME = "config.json"
@@ -277,6 +278,8 @@ def resolve_config(model: str, overrides: dict) -> dict:
         config["objective"], config["num_particles"], **config.get("objective_options", {})
     )
     resolve_device(config.get("device", "cpu"))
+    # --devices, --precision, ...: refused here, before any work, when they cannot run
+    resolve_settings(**fit_options(config), device=config.get("device", "cpu"), run_dir=".")
     config.setdefault("device", "cpu")
     config.setdefault("seed", 0)
     return config
@@ -451,6 +454,7 @@ def _train_locked(config, run_dir: Path, resume, overwrite, progress):
             history_metrics=run.spec.history_metrics,
             run_metadata={"run_id": run_id},
             progress=progress,
+            **fit_options(config),  # --devices, --precision, ... (data-parallel runs)
         )
     except BaseException:
         if stored is None and not checkpoint_path.exists():
