@@ -279,7 +279,9 @@ def resolve_config(model: str, overrides: dict) -> dict:
     )
     resolve_device(config.get("device", "cpu"))
     # --devices, --precision, ...: refused here, before any work, when they cannot run
-    resolve_settings(**fit_options(config), device=config.get("device", "cpu"), run_dir=".")
+    resolve_settings(
+        **fit_options(config), device=config.get("device", "cpu"), run_dir=".", command_line=True
+    )
     config.setdefault("device", "cpu")
     config.setdefault("seed", 0)
     return config

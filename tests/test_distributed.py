@@ -346,3 +346,16 @@ def test_one_device_never_imports_fabric_and_its_absence_is_explained(data, monk
     hint = r'pip install "pyro-aevb\[distributed\]"'
     with pytest.raises(distributed.FabricMissingError, match=hint):
         fit(*tiny_vae(), data[0], devices=2, **QUIET)
+
+
+def test_the_command_line_trains_on_three_processes(tmp_path, capsys):
+    from tests.test_cli import TINY
+
+    out = tmp_path / "run"
+    assert main(["fit", "vae", *TINY, "--devices", "3", "--out", str(out)]) == 0
+    state = ckpt.load(out / ckpt.CHECKPOINT_NAME)
+    assert state["config"]["devices"] == 3 and len(state["rank_rng"]) == 3
+    assert (out / "metrics.json").exists() and "test log-likelihood" in capsys.readouterr().out
+    # a launch that would re-run the command in every process is refused before any work
+    code = main(["fit", "vae", *TINY, "--devices", "2", "--strategy", "ddp", "--out", str(out)])
+    assert code == 2 and "Launch a Python script" in capsys.readouterr().err

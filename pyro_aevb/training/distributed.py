@@ -51,6 +51,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,7 @@ def require_fabric():
     return lightning_fabric
 
 
-@dataclass(frozen=True)
+@dataclass
 class Settings:
     """The validated data-parallel settings of a run."""
 
@@ -145,13 +146,16 @@ def resolve_settings(
     logger=None,
     device="cpu",
     run_dir=None,
+    command_line=False,
 ) -> Settings | None:
     """Validate fit's data-parallel arguments before any work; ``None`` for the default
     single-device run (which then never imports Fabric).
 
     :raises ValueError: for a value that is not one of the choices, CUDA asked for where
         PyTorch sees no GPU or fewer GPUs than ``devices``, a ``device`` that contradicts
-        ``accelerator``, or a logger without a ``run_dir``.
+        ``accelerator``, a logger without a ``run_dir``, several machines without a
+        launcher that starts their processes, or (``command_line``: the ``pyro-aevb``
+        command) a launch that re-runs the command in every process.
     :raises FabricMissingError: when the settings need Fabric and it is not installed.
     """
     devices = _count(devices, "devices")
@@ -209,6 +213,21 @@ def resolve_settings(
             "(or use logger 'csv')"
         )
     require_fabric()
+    external = _launched_externally()
+    if num_nodes > 1 and not external:
+        raise ValueError(
+            f"num_nodes={num_nodes}: the processes of every machine must be started by a "
+            "launcher (torchrun, SLURM's srun) that runs your script on each machine; see the "
+            "README's 'From one device to many'. On one machine use devices alone"
+        )
+    if command_line and (strategy == "ddp" or external):
+        raise ValueError(
+            "the pyro-aevb command starts its own processes on one machine (--devices N with "
+            "--strategy auto, ddp_fork or ddp_spawn); under torchrun or srun, or with "
+            "--strategy ddp, every process would write the run directory. Launch a Python "
+            "script that calls pyro_aevb.fit(..., devices=N, num_nodes=M) instead (README, "
+            "'From one device to many')"
+        )
     return Settings(devices, strategy, num_nodes, kind, precision, logger)
 
 
@@ -496,15 +515,25 @@ def _make_fabric(settings: Settings, run_dir):
     )
 
 
-def _worker(fabric, fit_fn, args, kwargs, settings: Settings, errors):
+def _inner_fit(*args, **kwargs):
+    """fit's body, without the launch and the run lock (importable by name, so that a
+    spawned process can unpickle it)."""
+    from .loop import fit
+
+    return fit.__wrapped__(*args, **kwargs)
+
+
+def _worker(fabric, args, kwargs, settings: Settings, errors):
     """One rank's fit (the body of every process)."""
+    if isinstance(args, bytes):  # pickled by launch_fit for a spawned process
+        args, kwargs = pickle.loads(args)
     context = RankContext(fabric, settings)
     _CURRENT.append(context)
     try:
         kwargs = dict(kwargs, device=fabric.device)
         if fabric.global_rank != 0:
             kwargs["progress"] = False
-        result = fit_fn(*args, **kwargs)
+        result = _inner_fit(*args, **kwargs)
         # the pair's modules carry its trained parameters back (fit's param store scope
         # drops the rest, in one process as here)
         out = {"result": result, "modules": module_states(*_pair(args, kwargs))}
@@ -558,13 +587,18 @@ def _failure(exc, errors, world_size: int, run_dir) -> BaseException:
         what = f"process {index} of {world_size} failed" + (
             f" (exit code {code})" if code is not None else ""
         )
+        # a process that failed before it ran fit (it could not unpickle the pair, say)
+        # sent no error of its own: the end of its traceback says why
+        text = str(getattr(exc, "msg", "") or "").strip().splitlines()
+        if text:
+            what += f" with {text[-1].strip()}"
     return RankFailedError(
         f"data-parallel training stopped: {what}, so every process has stopped.{saved}"
     )
 
 
-def launch_fit(fit_fn, settings: Settings, args: tuple, kwargs: dict):
-    """Run ``fit_fn(*args, **kwargs)`` (fit's body) under Fabric with ``settings``.
+def launch_fit(settings: Settings, args: tuple, kwargs: dict):
+    """Run fit's body on ``args`` and ``kwargs`` under Fabric with ``settings``.
 
     Launched from here (fork or spawn), the processes' rank 0 returns the result and
     the trained state, which is loaded into the caller's model and guide; run by an
@@ -583,14 +617,17 @@ def launch_fit(fit_fn, settings: Settings, args: tuple, kwargs: dict):
         fabric.launch()
         owns = run_dir is not None and fabric.global_rank == 0
         with RunLock(run_dir) if owns else contextlib.nullcontext():
-            out = _worker(fabric, fit_fn, args, kwargs, settings, None)
+            out = _worker(fabric, args, kwargs, settings, None)
             return torch.load(io.BytesIO(out), weights_only=False)["result"]
     method = launcher._start_method
     errors = multiprocessing.get_context(method).SimpleQueue()
     lock = RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()
+    # spawned processes unpickle the pair and the data; pickled here, as bytes, Fabric does
+    # not walk them (it refuses frozen dataclasses, our Dataset)
+    given = (pickle.dumps((args, kwargs)), None) if method == "spawn" else (args, kwargs)
     with lock:
         try:
-            out = fabric.launch(_worker, fit_fn, args, kwargs, settings, errors)
+            out = fabric.launch(_worker, *given, settings, errors)
         except Exception as e:
             from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 

@@ -138,7 +138,7 @@ def _holding_the_run_lock(fit_fn):
                 run_dir=kwargs.get("run_dir"),
             )
             if settings is not None:  # several processes, mixed precision or a logger
-                return distributed.launch_fit(fit_fn, settings, args, kwargs)
+                return distributed.launch_fit(settings, args, kwargs)
         run_dir = kwargs.get("run_dir")
         if run_dir is None:
             return fit_fn(*args, **kwargs)
