@@ -48,10 +48,10 @@ is the run's. The trained parameters come back to the calling process.
 from __future__ import annotations
 
 import contextlib
-import io
 import multiprocessing
 import os
 import pickle
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -523,8 +523,13 @@ def _inner_fit(*args, **kwargs):
     return fit.__wrapped__(*args, **kwargs)
 
 
-def _worker(fabric, args, kwargs, settings: Settings, errors):
-    """One rank's fit (the body of every process)."""
+def _worker(fabric, args, kwargs, settings: Settings, errors, result_path=None, forked=False):
+    """One rank's fit (the body of every process); with ``result_path``, rank 0 writes
+    the result and the trained module states there for the launching process."""
+    if forked:
+        # GNU OpenMP is not fork-safe: a forked process whose parent has run parallel
+        # regions hangs in its first one with more than one thread
+        torch.set_num_threads(1)
     if isinstance(args, bytes):  # pickled by launch_fit for a spawned process
         args, kwargs = pickle.loads(args)
     context = RankContext(fabric, settings)
@@ -534,14 +539,16 @@ def _worker(fabric, args, kwargs, settings: Settings, errors):
         if fabric.global_rank != 0:
             kwargs["progress"] = False
         result = _inner_fit(*args, **kwargs)
-        # the pair's modules carry its trained parameters back (fit's param store scope
-        # drops the rest, in one process as here)
-        out = {"result": result, "modules": module_states(*_pair(args, kwargs))}
-        # as bytes: torch's queue pickler would share the tensors' memory with the caller
-        # through this process, which exits before the caller reads them
-        buffer = io.BytesIO()
-        torch.save(out, buffer)
-        return buffer.getvalue()
+        if result_path is None:
+            return result
+        if fabric.global_rank == 0:
+            # the pair's modules carry its trained parameters back (fit's param store
+            # scope drops the rest, in one process as here). Through a file, not Fabric's
+            # return queue: a pipe, whose buffer (64 KiB) a network's state overfills,
+            # which the caller reads only once every process has exited: a deadlock
+            out = {"result": result, "modules": module_states(*_pair(args, kwargs))}
+            torch.save(out, result_path)
+        return None
     except BaseException as e:
         if errors is not None:
             with contextlib.suppress(Exception):
@@ -617,24 +624,24 @@ def launch_fit(settings: Settings, args: tuple, kwargs: dict):
         fabric.launch()
         owns = run_dir is not None and fabric.global_rank == 0
         with RunLock(run_dir) if owns else contextlib.nullcontext():
-            out = _worker(fabric, args, kwargs, settings, None)
-            return torch.load(io.BytesIO(out), weights_only=False)["result"]
+            return _worker(fabric, args, kwargs, settings, None)
     method = launcher._start_method
     errors = multiprocessing.get_context(method).SimpleQueue()
     lock = RunLock(run_dir) if run_dir is not None else contextlib.nullcontext()
     # spawned processes unpickle the pair and the data; pickled here, as bytes, Fabric does
     # not walk them (it refuses frozen dataclasses, our Dataset)
     given = (pickle.dumps((args, kwargs)), None) if method == "spawn" else (args, kwargs)
-    with lock:
+    with lock, tempfile.TemporaryDirectory(prefix="pyro-aevb-fit-") as folder:
+        result_path = os.path.join(folder, "rank0.pt")
         try:
-            out = fabric.launch(_worker, *given, settings, errors)
+            fabric.launch(_worker, *given, settings, errors, result_path, method == "fork")
         except Exception as e:
             from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
             if isinstance(e, (ProcessExitedException, ProcessRaisedException)):
                 raise _failure(e, errors, settings.world_size, run_dir) from None
             raise
-    out = torch.load(io.BytesIO(out), weights_only=False)
+        out = torch.load(result_path, weights_only=False)
     load_module_states(*_pair(args, kwargs), out["modules"])
     return out["result"]
 
