@@ -8,6 +8,7 @@ guide that reads its standard-normal draws from a data field), a 2-rank run must
 reach the parameters of a 1-process run, up to all-reduce round-off.
 """
 
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import pyro_aevb.checkpoint as ckpt
 from pyro_aevb import NonFiniteLossError, data_plate, elbo_per_datapoint, fit
 from pyro_aevb.cli import main
 from pyro_aevb.contract import check_pair
+from pyro_aevb.data import load_digits
 from pyro_aevb.data.transforms import get_transform
 from pyro_aevb.evaluation import prepare_fields
 from pyro_aevb.objectives import make_objective
@@ -359,3 +361,18 @@ def test_the_command_line_trains_on_three_processes(tmp_path, capsys):
     # a launch that would re-run the command in every process is refused before any work
     code = main(["fit", "vae", *TINY, "--devices", "2", "--strategy", "ddp", "--out", str(out)])
     assert code == 2 and "Launch a Python script" in capsys.readouterr().err
+
+
+def test_the_vrnn_with_masked_sequences_trains_on_two_processes():
+    """Sequences of different lengths (prefix masks) are sharded like any field: the
+    per-sequence bound sums over the data plate, so two processes train the VRNN."""
+    from tests.test_vrnn import _pair as vrnn_pair
+
+    train = load_digits()[0].rows()
+    x = train.x[:200].bernoulli(generator=torch.Generator().manual_seed(0))
+    lengths = torch.randint(1, 9, (200, 1), generator=torch.Generator().manual_seed(1))
+    fields = {"x": x, "mask": torch.arange(8)[None, :] < lengths}
+    model, guide = vrnn_pair()
+    result = fit(model, guide, fields, epochs=4, batch_size=50, lr=1e-2, devices=2, **QUIET)
+    losses = [-row["train_elbo"] for row in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 1

@@ -351,9 +351,14 @@ class DistributedStep(TrainingStep):
                 f"({len(missed)} of {len(self.parameters)}): they get no gradient there",
                 stacklevel=2,
             )
+        # DDP's search for parameters a step leaves out costs a traversal of the graph
+        # every step: only where the first batch leaves some out, or where labeled and
+        # unlabeled batches alternate (the pair may use other parameters on each)
+        ddp_options = getattr(context.fabric.strategy, "_ddp_kwargs", None)
+        if ddp_options is not None:
+            ddp_options["find_unused_parameters"] = bool(missed) or context.mixed_batches
         self.objective_module = ObjectiveModule(self)
         self.module = context.fabric.setup_module(self.objective_module)
-        self._store_names = set(self.names.values())
 
     def _loss_and_backward(self, batch) -> torch.Tensor:
         self.objective_module.weight = self.context.weight
@@ -380,6 +385,8 @@ class RankContext:
         #: this rank's loss weight w_r for the current step
         self.weight = 1.0
         self.logged_rows = 0
+        #: labeled and unlabeled batches alternate (a semi-supervised data set)
+        self.mixed_batches = False
 
     @property
     def writes(self) -> bool:
@@ -389,8 +396,9 @@ class RankContext:
     def run_config(self) -> dict:
         return self.settings.run_config()
 
-    def check_batches(self, batches: list[torch.Tensor]) -> None:
+    def check_batches(self, batches: list[torch.Tensor], missing=None) -> None:
         """Every batch of an epoch must give every rank at least one point."""
+        self.mixed_batches = missing is not None and 0 < int(missing.sum()) < len(missing)
         smallest = min(len(b) for b in batches)
         if smallest < self.world_size:
             raise ValueError(
@@ -502,7 +510,8 @@ def _make_fabric(settings: Settings, run_dir):
         strategy = DDPStrategy(
             process_group_backend="nccl" if settings.accelerator == "cuda" else "gloo",
             start_method=method,
-            # a pair may leave a parameter out of some steps (an unlabeled batch)
+            # the safe setting; DistributedStep turns it off where the loss reaches every
+            # parameter of the pair
             find_unused_parameters=True,
         )
     return L.Fabric(

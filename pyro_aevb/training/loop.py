@@ -302,7 +302,7 @@ def fit(
     batch_size = min(batch_size, n_train)
     steps_per_epoch = count_batches(n_train, batch_size, missing)
     if rank is not None:
-        rank.check_batches(plan_batches(torch.arange(n_train), batch_size, missing))
+        rank.check_batches(plan_batches(torch.arange(n_train), batch_size, missing), missing)
     # the field a transform applies to: 'x', else the one the model observes
     data_field = "x" if "x" in raw_fields else observed_field(model, _first(raw_fields, missing))
     if not isinstance(transform, Identity) and data_field is None:
