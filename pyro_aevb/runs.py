@@ -31,6 +31,7 @@ from .objectives import make_objective
 from .pairs import PairSpec, available_pairs, get_pair
 from .schedules import AlternatingSchedule
 from .training import FitResult, fit, save_json
+from .training.distributed import DEFAULTS as DISTRIBUTED_DEFAULTS
 from .training.distributed import fit_options, resolve_settings
 from .training.state import trained_modules
 
@@ -66,6 +67,7 @@ OPTIONAL_CONFIG_KEYS = (
     "optimizer",
     "clip_norm",
     "lr_schedule",
+    *DISTRIBUTED_DEFAULTS,  # --devices, --precision, ... (pyro_aevb.training.distributed)
 )
 #: metrics.json keys that describe the training, not the evaluation
 TRAINING_KEYS = (

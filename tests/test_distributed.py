@@ -358,6 +358,7 @@ def test_the_command_line_trains_on_three_processes(tmp_path, capsys):
     state = ckpt.load(out / ckpt.CHECKPOINT_NAME)
     assert state["config"]["devices"] == 3 and len(state["rank_rng"]) == 3
     assert (out / "metrics.json").exists() and "test log-likelihood" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--particles", "50"]) == 0  # in one process
     # a launch that would re-run the command in every process is refused before any work
     code = main(["fit", "vae", *TINY, "--devices", "2", "--strategy", "ddp", "--out", str(out)])
     assert code == 2 and "Launch a Python script" in capsys.readouterr().err
