@@ -377,3 +377,23 @@ def test_the_vrnn_with_masked_sequences_trains_on_two_processes():
     result = fit(model, guide, fields, epochs=4, batch_size=50, lr=1e-2, devices=2, **QUIET)
     losses = [-row["train_elbo"] for row in result.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 1
+
+
+def test_a_nan_on_two_processes_raises_the_nan_guards_error_in_the_caller(data, tmp_path):
+    """The guard sees the all-reduced gradient, so every rank stops at the same step, and
+    the caller gets the guard's own error (not a process failure), the checkpoint intact."""
+    train, _ = data
+    model, guide = _NaNAfter(64, 4, (16,), nan_from=10), tiny_vae(hidden=(16,))[1]
+    with pytest.raises(NonFiniteLossError, match="at epoch 2, step"):
+        fit(
+            model,
+            guide,
+            train,
+            epochs=3,
+            batch_size=BATCH,
+            transform="dynamic",
+            devices=2,
+            run_dir=tmp_path,
+            **QUIET,
+        )
+    assert ckpt.load(tmp_path / ckpt.CHECKPOINT_NAME)["epoch"] == 1
