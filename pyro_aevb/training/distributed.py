@@ -43,6 +43,13 @@ state, so that ``resume`` continues every rank exactly. Every rank computes the 
 test ELBO itself (a single-process evaluation of the same parameters with the same seed,
 identical on all ranks, so early stopping stops all of them together); rank 0's history
 is the run's. The trained parameters come back to the calling process.
+
+Launching. ``strategy="auto"`` forks the processes from the caller (no ``__main__`` guard
+needed, nothing pickled); a forked process computes on one CPU thread, since GNU OpenMP
+hangs a forked child's parallel region once the parent has used its threads.
+``"ddp_spawn"`` starts fresh interpreters (the pair and data pickled; ``cores // N``
+threads each), ``"ddp"`` is Fabric's script launcher (re-runs ``sys.argv``). Under an
+outside launcher (torchrun, srun) every process calls :func:`~pyro_aevb.fit` itself.
 """
 
 from __future__ import annotations
