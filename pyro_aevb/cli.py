@@ -108,6 +108,9 @@ def _add_device_options(parser) -> None:
         const=True,
         help="CUDA only: capture each step as a CUDA graph and replay it (opt-in, unverified)",
     )
+    from .training.distributed import add_cli_options
+
+    add_cli_options(parser)  # --devices --strategy --num-nodes --accelerator --precision --logger
 
 
 def _defaults_text(spec) -> str:

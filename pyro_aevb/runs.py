@@ -31,6 +31,8 @@ from .objectives import capabilities_of, make_objective, with_capability
 from .pairs import PairSpec, available_pairs, get_pair
 from .schedules import AlternatingSchedule
 from .training import FitResult, fit, save_json
+from .training.distributed import DEFAULTS as DISTRIBUTED_DEFAULTS
+from .training.distributed import fit_options, resolve_settings
 from .training.state import trained_modules
 
 CONFIG_NAME = "config.json"
@@ -67,6 +69,7 @@ OPTIONAL_CONFIG_KEYS = (
     "lr_schedule",
     "sync_every",
     "cuda_graph",
+    *DISTRIBUTED_DEFAULTS,  # --devices, --precision, ... (pyro_aevb.training.distributed)
 )
 #: metrics.json keys that describe the training, not the evaluation
 TRAINING_KEYS = (
@@ -273,6 +276,10 @@ def resolve_config(model: str, overrides: dict) -> dict:
         config["objective"], config["num_particles"], **config.get("objective_options", {})
     )
     resolve_device(config.get("device", "cpu"))
+    # --devices, --precision, ...: refused here, before any work, when they cannot run
+    resolve_settings(
+        **fit_options(config), device=config.get("device", "cpu"), run_dir=".", command_line=True
+    )
     config.setdefault("device", "cpu")
     config.setdefault("seed", 0)
     return config
@@ -449,6 +456,7 @@ def _train_locked(config, run_dir: Path, resume, overwrite, progress):
             history_metrics=run.spec.history_metrics,
             run_metadata={"run_id": run_id},
             progress=progress,
+            **fit_options(config),  # --devices, --precision, ... (data-parallel runs)
         )
     except BaseException:
         if stored is None and not checkpoint_path.exists():

@@ -48,6 +48,7 @@ from ..objectives import objective_name, resolve_objective, with_capability
 from ..plate import full_data_size
 from ..rundir import RunLock
 from ..schedules import AlternatingSchedule, JointSchedule
+from . import distributed
 from . import optim as optim_lib
 from . import state as run_state
 from .graphs import make_sync_free_step
@@ -153,6 +154,20 @@ def _holding_the_run_lock(fit_fn):
 
     @functools.wraps(fit_fn)
     def wrapper(*args, **kwargs):
+        if distributed.current() is None:
+            settings = distributed.resolve_settings(
+                **{k: kwargs.pop(k) for k in distributed.DEFAULTS if k in kwargs},
+                device=kwargs.get("device", "cpu"),
+                run_dir=kwargs.get("run_dir"),
+            )
+            if settings is not None:  # several processes, mixed precision or a logger
+                if kwargs.get("cuda_graph") or (kwargs.get("sync_every") or 1) > 1:
+                    raise ValueError(
+                        "sync_every > 1 and cuda_graph=True run one process's step without "
+                        "host reads; they are not supported with devices, precision or a "
+                        "logger (Lightning Fabric) yet"
+                    )
+                return distributed.launch_fit(settings, args, kwargs)
         run_dir = kwargs.get("run_dir")
         if run_dir is None:
             return fit_fn(*args, **kwargs)
@@ -204,6 +219,12 @@ def fit(
     progress: bool = True,
     arguments: Mapping[str, str] | None = None,
     check_support: bool = True,
+    devices: int = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    accelerator: str = "auto",
+    precision: str = "32-true",
+    logger: str | None = None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -282,11 +303,18 @@ def fit(
     :param check_support: ``False`` skips the check of observed values against the
         likelihood's support (with a warning), for pairs that mean to train e.g. a
         Bernoulli likelihood on grey values.
+    :param devices, strategy, num_nodes, accelerator, precision, logger: data-parallel
+        training through Lightning Fabric (:mod:`~pyro_aevb.training.distributed`):
+        ``devices`` processes per machine on ``num_nodes`` machines; ``batch_size`` stays
+        the global batch. ``precision="bf16-mixed"`` autocasts the step; ``logger``
+        (``"csv"``, ``"tensorboard"``) also sends the history rows to ``run_dir/logs``.
+        The defaults train in this process without Fabric.
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient (or a diverging
         loss), naming the epoch and step; the parameters and the last checkpoint stay
         as they were.
     """
     # Every check that can fail runs before any work is done.
+    rank = distributed.current()  # None unless this is one process of a Fabric run
     model, guide = adapt(model, arguments), adapt(guide, arguments)
     seed = _integer(seed, "seed", 0)
     batch_size = _integer(batch_size, "batch_size", 1)
@@ -335,6 +363,8 @@ def fit(
     missing = semi_supervised[1] if semi_supervised is not None else None
     batch_size = min(batch_size, n_train)
     steps_per_epoch = count_batches(n_train, batch_size, missing)
+    if rank is not None:
+        rank.check_batches(plan_batches(torch.arange(n_train), batch_size, missing), missing)
     # the field a transform applies to: 'x', else the one the model observes
     data_field = "x" if "x" in raw_fields else observed_field(model, _first(raw_fields, missing))
     if not isinstance(transform, Identity) and data_field is None:
@@ -390,6 +420,8 @@ def fit(
     if lr_schedule not in (None, "constant"):
         # the schedule spans the run: a resume with other epochs would bend it
         run_config["total_steps"] = total_steps
+    if rank is not None:
+        run_config.update(rank.run_config())
 
     for module in (model, guide):
         if isinstance(module, torch.nn.Module):
@@ -444,7 +476,7 @@ def fit(
         check_data_support(summary, preview)
         if test_fields is not None:
             check_data_support(summary, test_fields)
-        step_fn = TrainingStep(
+        step_fn = (TrainingStep if rank is None else rank.make_step)(
             model,
             guide,
             elbo,
@@ -484,6 +516,8 @@ def fit(
                 "graph would replay the value of its capture; use cuda_graph=False"
             )
         start_epoch, train_seconds = 0, 0.0
+        if rank is not None:
+            rank.seed_rank(seed)
         if state is not None:
             run_state.check_resumable(
                 state, run_config, model, guide, checkpoint_path, run_metadata
@@ -491,9 +525,15 @@ def fit(
             start_epoch, train_seconds = run_state.restore(
                 state, model=model, guide=guide, step=step_fn, generator=generator, history=history
             )
+            if rank is not None:
+                rank.restore_rng(state)
+                rank.logged_rows = len(history.rows)
 
         def save_checkpoint(epoch):
             if checkpoint_path is None:
+                return
+            rank_rng = rank.gather_rng() if rank is not None else None
+            if rank is not None and not rank.writes:
                 return
             run_state.save(
                 checkpoint_path,
@@ -506,6 +546,7 @@ def fit(
                 history=history,
                 train_seconds=train_seconds,
                 metadata=run_metadata,
+                rank_rng=rank_rng,
             )
             history.write_csv(run_dir / HISTORY_NAME)
 
@@ -546,7 +587,7 @@ def fit(
                         for hook in step_hooks:
                             hook(step_count)
                         t0 = time.perf_counter()
-                        idx = plan[step]
+                        idx = plan[step] if rank is None else rank.shard(plan[step])
                         batch = {
                             k: batch_rows(x if k == data_field else v, idx, k, n_train)
                             for k, v in fields.items()
@@ -586,6 +627,8 @@ def fit(
                     row = history.record(epoch, step_count, last_phase, kl_weight)
                 bar.epoch(epoch, epoch_loss / max(1, epoch_steps), row)
                 save_checkpoint(epoch)
+                if rank is not None:
+                    rank.log_rows(history.rows)
         finally:
             bar.close()
         best_epoch = history.restore_best()

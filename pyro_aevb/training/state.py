@@ -42,8 +42,10 @@ def save(
     history: History,
     train_seconds: float,
     metadata: dict | None = None,
+    rank_rng: list | None = None,
 ) -> None:
-    """Write the run's state to ``path`` atomically."""
+    """Write the run's state to ``path`` atomically (``rank_rng``: every process's RNG
+    state in a data-parallel run, :mod:`~pyro_aevb.training.distributed`)."""
     ckpt.atomic_save(
         {
             "format": CHECKPOINT_FORMAT,
@@ -58,6 +60,7 @@ def save(
             "generator": generator.get_state(),
             "history": history.state_dict(),
             "train_seconds": train_seconds,
+            **({"rank_rng": rank_rng} if rank_rng is not None else {}),
         },
         path,
     )
@@ -74,8 +77,11 @@ def check_resumable(
             "moved from pyro.optim to one torch optimizer); it cannot be resumed exactly. "
             "Start the run afresh (overwrite) or resume it with the version that wrote it"
         )
+    # both ways: a setting only one side has (the data-parallel ones) differs too
     changed = {
-        k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v
+        k: (state["config"].get(k), config.get(k))
+        for k in dict.fromkeys([*config, *state["config"]])
+        if state["config"].get(k) != config.get(k)
     }
     if changed:
         raise ValueError(
