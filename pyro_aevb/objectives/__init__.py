@@ -4,15 +4,15 @@
 name           objective                                                   options
 =============  ==========================================================  =================
 ``elbo``       :class:`~pyro.infer.Trace_ELBO`, Monte Carlo ELBO           ``num_particles``
-``meanfield``  :class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL        ``num_particles``
+``meanfield``  :class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL       ``num_particles``
                where the guide and prior admit one
 ``enum``       :class:`~pyro.infer.TraceEnum_ELBO`, discrete sites         ``num_particles``
                marked for enumeration are summed out exactly
 ``renyi``      :class:`RenyiELBO` (Li & Turner, 2016);                     ``num_particles``,
                ``alpha = 0`` is the IWAE bound (Burda et al., 2016)        ``alpha``
-``iwae``       :class:`~pyro_aevb.importance_weighted.IWAE`, the per-data-  ``num_particles``
-               point IWAE bound (Burda et al., 2016)                       (K)
-``dreg``       :class:`~pyro_aevb.importance_weighted.DReG`: the same       ``num_particles``
+``iwae``       :class:`~pyro_aevb.importance_weighted.IWAE`, the per-      ``num_particles``
+               data-point IWAE bound (Burda et al., 2016)                  (K)
+``dreg``       :class:`~pyro_aevb.importance_weighted.DReG`: the same      ``num_particles``
                bound, doubly reparameterized guide gradient (Tucker et     (K)
                al., 2019)
 ``stl``        :class:`~pyro_aevb.importance_weighted.STLELBO`, the ELBO   ``num_particles``
