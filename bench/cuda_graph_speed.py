@@ -39,25 +39,9 @@ from bench.environment import environment
 
 def fit_ours(train, batch_size: int, epochs: int, device: str, **options) -> list[float]:
     """``train_seconds`` of each epoch of the library's ``fit`` (default VAE, ``elbo``)."""
-    pair = step_speed.CASES["elbo"][0]
-    settings = pair.training
-    model, guide = step_speed.build_pair(pair, train)
-    result = pyro_aevb.fit(
-        model,
-        guide,
-        train,
-        None,
-        transform=settings["transform"],
-        objective="elbo",
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=settings["lr"],
-        seed=0,
-        device=device,
-        progress=False,
-        **options,
-    )
-    return [row["train_seconds"] for row in result.history]
+    args = argparse.Namespace(fit_epochs=epochs)
+    times = step_speed.fit_ours("elbo", train, args, torch.device(device), batch_size, **options)
+    return times.seconds
 
 
 def fit_plain(train, batch_size: int, epochs: int, device: str, fused: bool) -> list[float]:

@@ -346,9 +346,12 @@ class EpochTimes:
         return self.seconds[0] - statistics.median(self.seconds[1:])
 
 
-def fit_ours(case: str, train, args, device) -> EpochTimes:
+def fit_ours(case: str, train, args, device, batch_size=None, **options) -> EpochTimes:
+    """``fit`` of ``case`` for ``args.fit_epochs`` (the pair's batch size unless given;
+    ``options`` go to ``fit``, e.g. ``sync_every``)."""
     pair, objective, particles = CASES[case]
     settings = pair.training
+    batch_size = batch_size or settings["batch_size"]
     model, guide = build_pair(pair, train)
     result = pyro_aevb.fit(
         model,
@@ -359,13 +362,14 @@ def fit_ours(case: str, train, args, device) -> EpochTimes:
         objective=objective,
         num_particles=particles,
         epochs=args.fit_epochs,
-        batch_size=settings["batch_size"],
+        batch_size=batch_size,
         lr=settings["lr"],
         seed=0,
         device=str(device),
         progress=False,
+        **options,
     )
-    steps = math.ceil(len(train) / settings["batch_size"])
+    steps = math.ceil(len(train) / batch_size)
     return EpochTimes([row["train_seconds"] for row in result.history], steps)
 
 
