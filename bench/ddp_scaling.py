@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro_aevb.guides import DiagonalNormalEncoder
+from pyro_aevb.guides import DiagonalNormalGuide
 from pyro_aevb.models import VAE
 
 from pyro_aevb import fit
@@ -56,7 +56,7 @@ def _variants(device: str) -> dict[str, dict]:
 def _run(train, batch: int, epochs: int, options: dict) -> dict:
     pyro.clear_param_store()
     torch.manual_seed(0)
-    model, guide = VAE(784, 20, (200,)), DiagonalNormalEncoder(784, 20, (200,))
+    model, guide = VAE(784, 20, (200,)), DiagonalNormalGuide(784, 20, (200,))
     t0 = time.perf_counter()
     result = fit(
         model,
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
         "environment": environment(torch.get_num_threads()),
         "settings": {
             "data": "mnist-subset, 4000 train points, dynamic binarization",
-            "pair": "VAE 784-200-20 Bernoulli, DiagonalNormalEncoder",
+            "pair": "VAE 784-200-20 Bernoulli, DiagonalNormalGuide",
             "rounds": args.rounds,
             "epochs_per_run": args.epochs,
             "device": args.device,

@@ -18,7 +18,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro_aevb.guides import DiagonalNormalEncoder, GMVAEEncoder
+from pyro_aevb.guides import DiagonalNormalGuide, GMVAEGuide
 from pyro_aevb.models import VAE, GaussianMixtureVAE
 
 import pyro_aevb.checkpoint as ckpt
@@ -68,15 +68,15 @@ def _latent(loc, scale, noise):
     return dist.Normal(loc, scale) if noise is None else FixedNoiseNormal(loc, scale, noise)
 
 
-class FixedNoiseEncoder(DiagonalNormalEncoder):
+class FixedNoiseEncoder(DiagonalNormalGuide):
     def forward(self, x, noise=None):
         pyro.module("encoder", self)
         with data_plate(x):
-            loc, scale = self.posterior(x)
+            loc, scale = self.encode(x)
             pyro.sample("z", _latent(loc, scale, noise).to_event(1))
 
 
-class FixedNoiseGMVAEEncoder(GMVAEEncoder):
+class FixedNoiseGMVAEGuide(GMVAEGuide):
     def forward(self, x, noise=None):
         pyro.module("gmvae_encoder", self)
         with data_plate(x):
@@ -84,14 +84,14 @@ class FixedNoiseGMVAEEncoder(GMVAEEncoder):
             y = pyro.sample(
                 "y", dist.OneHotCategorical(logits=logits), infer={"enumerate": "parallel"}
             )
-            loc, scale = self.latent_posterior(x, y)
+            loc, scale = self.encode(x, y)
             pyro.sample("z", _latent(loc, scale, noise).to_event(1))
 
 
 def _pair(objective):
     torch.manual_seed(0)
     if objective == "enum":
-        return GaussianMixtureVAE(64, 3, Z, (16,)), FixedNoiseGMVAEEncoder(64, 3, Z, (16,))
+        return GaussianMixtureVAE(64, 3, Z, (16,)), FixedNoiseGMVAEGuide(64, 3, Z, (16,))
     return VAE(64, Z, (16,)), FixedNoiseEncoder(64, Z, (16,))
 
 

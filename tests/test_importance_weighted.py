@@ -191,7 +191,7 @@ def _dreg_by_hand(model, guide, x, K, seed):
     guide gradient sum_k w~^2 (d log w / dz) dz/dphi with log q at fixed parameters."""
     torch.manual_seed(seed)
     eps = torch.randn(K, x.shape[0], 4, dtype=torch.float64)  # what the guide's rsample draws
-    loc, scale = guide.posterior(x)
+    loc, scale = guide.encode(x)
     z = loc + scale * eps
 
     def log_w(z):
