@@ -334,6 +334,50 @@ def test_the_csv_logger_writes_the_history_rows(data, tmp_path):
         assert float(logged["train_elbo"]) == pytest.approx(row["train_elbo"])
 
 
+def _tensorboard_scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a TensorBoard event file, read record by record (a TFRecord: length,
+    its CRC, the serialized Event, its CRC), without TensorBoard itself."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, i, scalars = path.read_bytes(), 0, {}
+    while i < len(data):
+        (length,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
+        i += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_the_tensorboard_logger_writes_the_history_rows(data, tmp_path):
+    pytest.importorskip("tensorboardX")
+    train, test = data
+    result = fit(
+        *tiny_vae(hidden=(16,)),
+        train,
+        test,
+        epochs=2,
+        batch_size=BATCH,
+        transform="dynamic",
+        logger="tensorboard",
+        run_dir=tmp_path,
+        **QUIET,
+    )
+    files = list(tmp_path.glob("logs/tensorboard/**/events.out.tfevents.*"))
+    assert files, "no TensorBoard event file was written"
+    scalars = {}
+    for path in files:
+        for tag, values in _tensorboard_scalars(path).items():
+            scalars.setdefault(tag, []).extend(values)
+    for name in ("test_elbo", "train_elbo"):
+        logged = sorted(scalars[name])
+        assert [step for step, _ in logged] == [row["step"] for row in result.history]
+        for (_, value), row in zip(logged, result.history, strict=True):
+            assert value == pytest.approx(row[name], rel=1e-6)  # stored as float32
+
+
 def test_one_device_never_imports_fabric_and_its_absence_is_explained(data, monkeypatch):
     code = (
         "import sys; from tests.conftest import tiny_vae; from pyro_aevb import fit; "

@@ -572,6 +572,11 @@ def _worker(fabric, args, kwargs, settings: Settings, errors, result_path=None, 
         raise
     finally:
         _CURRENT.pop()
+        # a logger's writer may hold rows in a queue of its own (TensorBoard's event
+        # writer does): close it before the process exits, whatever the outcome
+        for logger in fabric.loggers:
+            with contextlib.suppress(Exception):
+                logger.finalize("success")
 
 
 def _failure(exc, errors, world_size: int, run_dir) -> BaseException:
