@@ -311,19 +311,24 @@ def test_bf16_mixed_trains_with_the_nan_guard_and_a_float32_test_elbo(data, tmp_
     assert all(torch.isfinite(v).all() for v in state["modules"]["model"].values())
 
 
-def test_the_csv_logger_writes_the_history_rows(data, tmp_path):
+def _fit_with_logger(data, run_dir, logger: str):
+    """Two epochs of a tiny VAE with ``logger``, through Fabric in one process."""
     train, test = data
-    result = fit(
+    return fit(
         *tiny_vae(hidden=(16,)),
         train,
         test,
         epochs=2,
         batch_size=BATCH,
         transform="dynamic",
-        logger="csv",
-        run_dir=tmp_path,
+        logger=logger,
+        run_dir=run_dir,
         **QUIET,
     )
+
+
+def test_the_csv_logger_writes_the_history_rows(data, tmp_path):
+    result = _fit_with_logger(data, tmp_path, "csv")
     import csv
 
     (metrics,) = tmp_path.glob("logs/csv/version_*/metrics.csv")
@@ -353,18 +358,7 @@ def _tensorboard_scalars(path) -> dict[str, list[tuple[int, float]]]:
 
 def test_the_tensorboard_logger_writes_the_history_rows(data, tmp_path):
     pytest.importorskip("tensorboardX")
-    train, test = data
-    result = fit(
-        *tiny_vae(hidden=(16,)),
-        train,
-        test,
-        epochs=2,
-        batch_size=BATCH,
-        transform="dynamic",
-        logger="tensorboard",
-        run_dir=tmp_path,
-        **QUIET,
-    )
+    result = _fit_with_logger(data, tmp_path, "tensorboard")
     files = list(tmp_path.glob("logs/tensorboard/**/events.out.tfevents.*"))
     assert files, "no TensorBoard event file was written"
     scalars = {}
