@@ -123,6 +123,8 @@ def test_a_diverging_loss_is_refused_with_deferred_reads():
         ({"cuda_graph": True}, "cuda_graph=True needs a CUDA device"),
         ({"sync_every": 4, "validate": True}, "cannot be combined"),
         ({"sync_every": 0}, "sync_every must be an integer >= 1"),
+        ({"sync_every": 4, "devices": 2}, "not supported with devices"),
+        ({"cuda_graph": True, "precision": "bf16-mixed"}, "not supported with devices"),
         (
             {"sync_every": 4, "optimizer": lambda groups, lr: torch.optim.Adam(groups, lr=lr)},
             "needs a fused optimizer",
