@@ -10,6 +10,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 shipped inside the package and copied into _static/: the pages render their
+    # math without reaching a CDN (the build machines and many readers are offline)
+    "sphinx-mathjax-offline",
     "myst_nb",  # Markdown pages (the README's guides) and the tutorials with their outputs
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}

@@ -31,11 +31,24 @@ def site(tmp_path_factory):
 def test_the_site_builds_with_warnings_as_errors(site):
     for page in ("index.html", "guide.html", "api/models.html", "tutorials/02_vae.html"):
         assert (site / page).exists(), page
+    # the build writes only into its output folder: nothing left in the sources
+    assert not (DOCS / "jupyter_execute").exists()
+    assert not (DOCS.parent / "jupyter_execute").exists()
+
+
+def test_every_tutorial_is_in_the_docs():
+    listed = (DOCS / "tutorials.md").read_text()
+    notebooks = sorted(p.stem for p in (DOCS.parent / "tutorials").glob("*.ipynb"))
+    assert notebooks and all(f"tutorials/{name}" in listed for name in notebooks)
 
 
 def test_docstring_math_is_rendered_by_mathjax(site):
     html = (site / "api" / "models.html").read_text()
     assert "mathjax" in html.lower()
+    # offline: the page loads the MathJax copied into the site, never a CDN
+    assert 'src="../_static/mathjax/tex-chtml.js"' in html
+    assert "cdn.jsdelivr" not in html and "mathjax.org" not in html
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").exists()
     # FactorAnalysis.posterior: a raw docstring, so \theta is a symbol, not a tab
     assert r"p_\theta(z \mid x)" in html
 
