@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,25 +16,54 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a quota); the file it would
+    have replaced is intact."""
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename.
 
     A crash or interrupt during the write leaves any previous file at ``path``
-    intact: ``os.replace`` is atomic on POSIX and Windows.
+    intact: ``os.replace`` is atomic on POSIX and Windows. The object is serialized in
+    memory first, so that a failing write (a full disk) surfaces as the operating
+    system's error, not as torch's zip writer's "unexpected pos", and is raised as
+    :class:`CheckpointWriteError` saying where and what to do.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with _suppress():
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointWriteError(e.errno, _no_space_message(path, len(data))) from e
         raise
+
+
+def _no_space_message(path: Path, needed: int) -> str:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    kept = (
+        f"the previous checkpoint {path} is intact (a resume continues from it)"
+        if path.exists()
+        else f"no checkpoint was written to {path}"
+    )
+    return (
+        f"the disk holding {path.parent} is full: the checkpoint ({needed / 2**20:.1f} MiB, "
+        f"{free}) could not be written; {kept}; free some space, then resume"
+    )
 
 
 class _suppress:
