@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .plate import num_rows  # noqa: F401  (lives with the data plate; importable from here)
+
 #: the value of an integer label that marks it as missing
 MISSING_LABEL = -1
 
@@ -42,18 +44,6 @@ def missing_rows(value) -> torch.Tensor | None:
     else:
         return None
     return rows.reshape(rows.shape[0], -1).any(-1)
-
-
-def num_rows(value) -> int | None:
-    """Data points in a field: dim 0 of a tensor, the batch of a ``PackedSequence``,
-    the length of a list or tuple; ``None`` for anything else (passed whole)."""
-    if isinstance(value, PackedSequence):
-        return int(value.batch_sizes[0])
-    if isinstance(value, torch.Tensor):
-        return int(value.shape[0]) if value.dim() else None
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    return None
 
 
 def take_rows(value, index: torch.Tensor, name: str = "field"):

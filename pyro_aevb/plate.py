@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
+from torch.nn.utils.rnn import PackedSequence
 
 DATA_PLATE = "data"
 
@@ -142,8 +143,6 @@ def scale_to_data_set(fn, plate: str, num_data: int):
     """``fn(**batch)`` with its data plate ``plate`` scaled to stand for ``num_data``
     points (:class:`DataPlateScale`), ``B`` read off each call's batch (the rows of its
     first per-data-point field). Wrap the model and the guide alike."""
-    from .arguments import num_rows
-
     rescale = DataPlateScale(plate, num_data)
 
     def scaled(**batch):
@@ -152,3 +151,15 @@ def scale_to_data_set(fn, plate: str, num_data: int):
             return fn(**batch)
 
     return scaled
+
+
+def num_rows(value) -> int | None:
+    """Data points in a field: dim 0 of a tensor, the batch of a ``PackedSequence``,
+    the length of a list or tuple; ``None`` for anything else (passed whole)."""
+    if isinstance(value, PackedSequence):
+        return int(value.batch_sizes[0])
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0]) if value.dim() else None
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    return None

@@ -41,9 +41,9 @@ from ..contract import (
     warn_once,
 )
 from ..data.dataset import Dataset
+from ..data.test_set import prepare_fields
 from ..data.transforms import Identity, Transform, get_transform, transform_test_set
 from ..device import resolve_device
-from ..evaluation import prepare_fields
 from ..objectives import objective_name, resolve_objective, with_capability
 from ..plate import full_data_size
 from ..rundir import RunLock
