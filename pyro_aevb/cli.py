@@ -110,7 +110,8 @@ def _add_device_options(parser) -> None:
     )
     from .training.distributed import add_cli_options
 
-    add_cli_options(parser)  # --devices --strategy --num-nodes --accelerator --precision --logger
+    # --devices --strategy --num-nodes --accelerator --precision --logger, with help texts
+    add_cli_options(parser)
 
 
 def _defaults_text(spec) -> str:

@@ -54,6 +54,7 @@ outside launcher (torchrun, srun) every process calls :func:`~pyro_aevb.fit` its
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import multiprocessing
 import os
@@ -210,7 +211,7 @@ def resolve_settings(
         if devices > available:
             raise ValueError(
                 f"--devices {devices} on cuda but only {available} CUDA device(s) are visible "
-                "on this machine; use --devices <= {available} (processes per machine)"
+                f"on this machine; use --devices <= {available} (processes per machine)"
             )
     if logger is not None and run_dir is None:
         raise ValueError(f"logger '{logger}' writes into the run directory; give run_dir (--out)")
@@ -250,10 +251,15 @@ def fit_options(config: dict) -> dict:
 
 
 def add_cli_options(parser) -> None:
-    """The CLI options of data-parallel training (``pyro-aevb fit``)."""
-    group = parser.add_argument_group(
-        "devices", "data-parallel training through Lightning Fabric (" + INSTALL_HINT + ")"
-    )
+    """The CLI options of data-parallel training (``pyro-aevb fit``), added to ``parser``
+    or, when it is already an argument group, to that group: argparse shows no help for a
+    group nested in a group (and deprecates nesting)."""
+    if isinstance(parser, argparse._ArgumentGroup):
+        group = parser
+    else:
+        group = parser.add_argument_group(
+            "devices", "data-parallel training through Lightning Fabric (" + INSTALL_HINT + ")"
+        )
     group.add_argument(
         "--devices", type=int, help="processes per machine, one per device (default 1)"
     )

@@ -318,6 +318,8 @@ def fit(
     model, guide = adapt(model, arguments), adapt(guide, arguments)
     seed = _integer(seed, "seed", 0)
     batch_size = _integer(batch_size, "batch_size", 1)
+    # 2.7 particles would silently train (and record) K = 2
+    num_particles = _integer(num_particles, "num_particles", 1)
     epochs = _integer(epochs, "epochs", 0, allow_none=True)
     eval_every = _integer(eval_every, "eval_every", 1, allow_none=True)
     patience = _integer(patience, "patience", 1, allow_none=True)
