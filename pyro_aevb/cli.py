@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import shlex
 import sys
 import time
@@ -315,6 +316,19 @@ def _resume_command(argv: list[str], out: str) -> str:
     return "pyro-aevb " + shlex.join(words)
 
 
+def _lower_lr_command(argv: list[str], out: str, lr: float | None) -> str:
+    """The resume command with a tenth of the learning rate (a resume may change --lr)."""
+    words = list(argv)
+    if "--lr" in words[:-1]:
+        at = words.index("--lr")
+        del words[at : at + 2]
+    if lr is None:  # the pair's default: what the run's config.json recorded
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            lr = float(json.loads((Path(out) / "config.json").read_text())["lr"])
+    lower = (lr if lr is not None else 1e-3) / 10
+    return _resume_command(words, out) + f" --lr {lower:g}"
+
+
 _OS_REASONS = {
     errno.ENOSPC: "the disk is full",
     errno.EROFS: "the file system is read-only",
@@ -353,9 +367,10 @@ def _message(e: BaseException, args, argv: list[str]) -> str:
             f"large).{where}{again}"
         )
     if isinstance(e, NonFiniteLossError):
+        lower = _lower_lr_command(argv, out, getattr(args, "lr", None)) if has_checkpoint else ""
         kept = (
-            f" The last good checkpoint in {out} is kept: lower --lr and start afresh with "
-            "--overwrite, or look into the data and model"
+            f" The last good checkpoint in {out} is kept: continue it with a lower learning "
+            f"rate ({lower}), start afresh with --overwrite, or look into the data and model"
             if has_checkpoint
             else " Nothing was saved: lower --lr or look into the data and model"
         )

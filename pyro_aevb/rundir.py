@@ -271,15 +271,24 @@ def check_writable(directory: str | os.PathLike, what: str) -> None:
 
 
 #: settings a resumed run may change: how long it trains, how it is evaluated, where
-#: it runs; and bookkeeping
+#: it runs, its learning rate and patience (``pyro_aevb.training.state.RESUME_MAY_CHANGE``,
+#: which fit checks too); and bookkeeping
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "log_likelihood_particles", "device", "versions", "run_id"}
+    {"epochs", "log_likelihood_particles", "device", "versions", "run_id", "lr", "patience"}
 )
+
+#: what a setting left out of the command line means: a resume that spells the default out
+#: (``--optimizer adam``) changes nothing
+SETTING_DEFAULTS = {"optimizer": "adam", "lr_schedule": "constant"}
 
 
 def _normalized(config: Mapping) -> dict:
-    """``config`` as JSON reads it back (tuples become lists)."""
-    return json.loads(json.dumps(config, default=str))
+    """``config`` as JSON reads it back (tuples become lists), defaults filled in."""
+    config = json.loads(json.dumps(config, default=str))
+    for key, default in SETTING_DEFAULTS.items():
+        if config.get(key) is None:
+            config[key] = default
+    return config
 
 
 def config_differences(stored: Mapping, new: Mapping, allowed=RESUMABLE_CHANGES) -> list[str]:

@@ -527,6 +527,12 @@ def fit(
             start_epoch, train_seconds = run_state.restore(
                 state, model=model, guide=guide, step=step_fn, generator=generator, history=history
             )
+            # a resume may lower the learning rate (run_state.RESUME_MAY_CHANGE; only without
+            # a schedule, whose restored state then holds the rate): the optimizer's restored
+            # state carries the old one
+            if state["config"].get("lr") != lr:
+                for group in step_fn.optimizer.param_groups:
+                    group["lr"] = lr
             if rank is not None:
                 rank.restore_rng(state)
                 rank.logged_rows = len(history.rows)

@@ -66,10 +66,26 @@ def save(
     )
 
 
+#: settings a resume may change: the learning rate (the advice of the divergence guard is to
+#: lower it) and the early-stopping patience. They change how the run goes on, not what it
+#: is: the model, data, objective, seed and the schedules stay as the checkpoint has them.
+RESUME_MAY_CHANGE = frozenset({"lr", "patience"})
+
+
+#: what ``None`` stands for in a run's config: the same setting spelled out is no change
+_DEFAULTS = {"optimizer": "adam", "lr_schedule": "constant"}
+
+
+def _with_defaults(config: dict) -> dict:
+    return {k: (_DEFAULTS.get(k) if v is None and k in _DEFAULTS else v) for k, v in config.items()}
+
+
 def check_resumable(
     state: dict, config: dict, model, guide, path, metadata: dict | None = None
 ) -> None:
-    """Refuse a checkpoint of another format, pair or settings, naming the difference."""
+    """Refuse a checkpoint of another format, pair or settings, naming the difference;
+    :data:`RESUME_MAY_CHANGE` may differ (a learning rate only without a schedule, whose
+    state spans the run)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} was written by an older pyro-aevb (checkpoint format "
@@ -78,11 +94,17 @@ def check_resumable(
             "Start the run afresh (overwrite) or resume it with the version that wrote it"
         )
     # both ways: a setting only one side has (the data-parallel ones) differs too
+    stored, now = _with_defaults(state["config"]), _with_defaults(config)
     changed = {
-        k: (state["config"].get(k), config.get(k))
-        for k in dict.fromkeys([*config, *state["config"]])
-        if state["config"].get(k) != config.get(k)
+        k: (stored.get(k), now.get(k))
+        for k in dict.fromkeys([*now, *stored])
+        if stored.get(k) != now.get(k) and k not in RESUME_MAY_CHANGE
     }
+    if state["config"].get("lr") != config.get("lr") and config.get("lr_schedule") not in (
+        None,
+        "constant",
+    ):
+        changed["lr"] = (state["config"].get("lr"), config.get("lr"))
     if changed:
         raise ValueError(
             "cannot resume with different settings (checkpoint value, now): "
