@@ -140,10 +140,8 @@ KNOWN_LONG_FUNCTIONS = {
 KNOWN_BIG_MODULES = {
     "pyro_aevb/ais.py": 763,
     "pyro_aevb/training/distributed.py": 692,
-    "pyro_aevb/runs.py": 656,
     "pyro_aevb/training/loop.py": 643,
     "pyro_aevb/contract.py": 563,
-    "pyro_aevb/cli.py": 423,
 }
 
 
