@@ -16,7 +16,7 @@ from tests.test_pairs import _readme_pair_module
 
 #: an objective of the user's own: Pyro's Trace_ELBO under another name, registered with
 #: a capability (so that --kl-weight is accepted for it)
-OBJECTIVE_MODULE = '''
+OBJECTIVE_MODULE = """
 import pyro
 
 from pyro_aevb.objectives import Capabilities, ObjectiveSpec, register_objective
@@ -29,7 +29,7 @@ def _my_elbo(num_particles=1):
 register_objective(
     ObjectiveSpec("my-elbo", _my_elbo, "my own ELBO", capabilities=Capabilities(kl_weight=True))
 )
-'''
+"""
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--max-train", "200", "--max-test", "50"]
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
 
 from .. import rundir
+from ..ais import intra_op_threads
 from ..objectives.flags import objective_overrides
 from ..pairs import get_pair
 from ..runs import evaluate_run, load_run, resolve_config, train_run
+from ..runs.config import BOOKKEEPING_KEYS, apply_nulls, settings_file_overrides
 
 
 def _progress(args) -> bool:
@@ -33,10 +36,21 @@ _NOT_CONFIG = {
     "em_rounds",
     "kl_weight",
     "kl_warmup",
+    "config",
+    "print_config",
+    "threads",
 }
 
 
-def _fit(args) -> dict:
+def _threads(args):
+    """The block runs with ``--threads`` torch intra-op threads (``None``: torch's)."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be at least 1")
+    return intra_op_threads(args.threads)
+
+
+def _overrides(args) -> dict:
+    """The settings the command line gives, as overrides of the pair's defaults."""
     overrides = objective_overrides({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
     if args.kl_weight is not None or args.kl_warmup is not None:
         overrides["kl_annealing"] = {
@@ -54,13 +68,34 @@ def _fit(args) -> dict:
             "model_steps": model_steps,
             "rounds": args.em_rounds,
         }
-    config = resolve_config(args.model, overrides)
+    return overrides
+
+
+def resolved_config(args) -> dict:
+    """The run's config: the pair's defaults, then ``--config FILE``, then the flags."""
+    flags = _overrides(args)
+    if args.config is None:
+        return resolve_config(args.model, flags)
+    stored = settings_file_overrides(args.config, args.model)
+    given = {k: v for k, v in flags.items() if v is not None}
+    return apply_nulls(resolve_config(args.model, {**stored, **given}), stored)
+
+
+def _fit(args) -> dict | None:
+    """Train the run (or, with ``--print-config``, print its config and stop)."""
+    config = resolved_config(args)
+    if args.print_config:
+        shown = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+        print(json.dumps(shown, indent=2))
+        return None
     out = args.out or f"runs/{args.model}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.resolved_out = out  # for the messages of main's handlers
     args.resolved_pair = args.model
-    _, result, metrics = train_run(
-        config, out, resume=args.resume, overwrite=args.overwrite, progress=_progress(args)
-    )
+    with _threads(args):
+        # the bar or, redirected, one line per epoch: fit tells them apart
+        _, result, metrics = train_run(
+            config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
     print(f"run directory: {out}")
     return metrics
 
@@ -78,7 +113,7 @@ def _evaluate(args) -> dict:
     rundir.check_writable(
         target.parent, "metrics.json" + ("" if args.out else " (pass --out FILE instead)")
     )
-    with rundir.RunLock(run_dir) if args.out is None else contextlib.nullcontext():
+    with _threads(args), rundir.RunLock(run_dir) if args.out is None else contextlib.nullcontext():
         if args.out is None:
             rundir.remove_orphan_temporaries(run_dir)  # under the lock: no live writer's
         metrics = evaluate_run(

@@ -44,5 +44,6 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"pyro-aevb: error: {_message(e, args, argv)}", file=sys.stderr)
         return 130 if isinstance(e, KeyboardInterrupt) else 2
-    print(_summary(metrics, getattr(args, "resolved_pair", None)))
+    if metrics is not None:  # None: --print-config, nothing was run
+        print(_summary(metrics, getattr(args, "resolved_pair", None)))
     return 0

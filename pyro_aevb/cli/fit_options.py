@@ -65,7 +65,26 @@ def add_fit_options(parser) -> None:
     run.add_argument(
         "--no-progress",
         action="store_true",
-        help="hide the progress bar (hidden anyway when stderr is not a terminal)",
+        help="hide the progress bar (on a terminal) and the per-epoch lines (printed "
+        "instead of the bar when stderr is redirected)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's, one per core); 1 is faster on a CPU "
+        "shared with other processes",
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the settings from this JSON file (a run's config.json works); flags "
+        "given here override it",
+    )
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved settings as JSON (config.json's keys, less run_id and "
+        "versions) and exit without training",
     )
 
 
