@@ -28,9 +28,7 @@ TINY = [
 
 def snapshot(folder: Path) -> dict:
     """Every file's bytes and mtime (nanoseconds), by name."""
-    return {
-        p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())
-    }
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
 def fit(out, *extra):
@@ -254,12 +252,13 @@ def _make_read_only(folder: Path):
 
 
 def test_evaluate_on_a_read_only_run_directory(run, tmp_path, capsys, monkeypatch):
-    from pyro_aevb import runs
+    from pyro_aevb.runs import evaluation_run
 
     restore = _make_read_only(run)
     try:
         with monkeypatch.context() as m:
-            m.setattr(runs, "evaluate", lambda *a, **k: pytest.fail("computed before checking"))
+            computed = lambda *a, **k: pytest.fail("computed before checking")  # noqa: E731
+            m.setattr(evaluation_run, "evaluate", computed)
             refused(capsys, ["evaluate", str(run)], "cannot write metrics.json", "--out",
                     folder=run)  # fmt: skip
         elsewhere = ["--particles", "7", "--out", str(tmp_path / "m.json")]
@@ -272,13 +271,13 @@ def test_evaluate_on_a_read_only_run_directory(run, tmp_path, capsys, monkeypatc
 def test_evaluate_prints_its_numbers_when_the_disk_is_full(run, capsys, monkeypatch):
     import errno
 
-    from pyro_aevb import runs
+    from pyro_aevb.runs import evaluation_run
 
     def full(obj, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     before = snapshot(run)
-    monkeypatch.setattr(runs, "save_json", full)
+    monkeypatch.setattr(evaluation_run, "save_json", full)
     assert main(["evaluate", str(run), "--particles", "10"]) == 2
     captured = capsys.readouterr()
     assert "test log-likelihood" in captured.out and "K = 10" in captured.out  # not lost
@@ -311,8 +310,10 @@ def test_damaged_checkpoint_is_named(run, damage, capsys):
     "edit, phrases",
     [
         (lambda text: text[:-5], ["not valid JSON", "line"]),
-        (lambda text: text.replace('"lr"', '"learning_rate"'), ["missing key(s) ['lr']",
-                                                               "unknown key(s) ['learning_rate']"]),
+        (
+            lambda text: text.replace('"lr"', '"learning_rate"'),
+            ["missing key(s) ['lr']", "unknown key(s) ['learning_rate']"],
+        ),
         (lambda text: text.replace('"z_dim"', '"zdim"'), ["architecture.z_dim", ".zdim"]),
         (lambda text: text.replace('"lr": 0.001', '"lr": -1'), ["--lr (lr)"]),
     ],
@@ -327,14 +328,14 @@ def test_edited_config_json_is_named(run, edit, phrases, capsys):
 
 
 def test_ctrl_c_says_how_to_resume_and_the_command_works(tmp_path, capsys, monkeypatch):
-    from pyro_aevb import runs
+    from pyro_aevb.runs import training_run
 
     out = tmp_path / "r"
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "write_figures", interrupted)  # after the last checkpoint
+    monkeypatch.setattr(training_run, "write_figures", interrupted)  # after the last checkpoint
     assert fit(out) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
@@ -346,12 +347,12 @@ def test_ctrl_c_says_how_to_resume_and_the_command_works(tmp_path, capsys, monke
 
 
 def test_ctrl_c_before_the_first_epoch_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from pyro_aevb import runs
+    from pyro_aevb.runs import training_run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "fit", interrupted)
+    monkeypatch.setattr(training_run, "fit", interrupted)
     assert fit(tmp_path / "r") == 130
     assert "nothing was saved" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -360,12 +361,13 @@ def test_ctrl_c_before_the_first_epoch_leaves_nothing(tmp_path, capsys, monkeypa
 def test_library_errors_are_one_paragraph_and_debug_shows_the_traceback(
     tmp_path, capsys, monkeypatch
 ):
-    from pyro_aevb import NonFiniteLossError, runs
+    from pyro_aevb import NonFiniteLossError
+    from pyro_aevb.runs import training_run
 
     def diverged(*args, **kwargs):
         raise NonFiniteLossError("the loss is nan at epoch 1, step 2; lower the learning rate")
 
-    monkeypatch.setattr(runs, "fit", diverged)
+    monkeypatch.setattr(training_run, "fit", diverged)
     err = refused(capsys, ["fit", "vae", *TINY, "--out", str(tmp_path / "r")], "diverged",
                   "epoch 1, step 2")  # fmt: skip
     assert "Nothing was saved" in err
@@ -376,7 +378,7 @@ def test_library_errors_are_one_paragraph_and_debug_shows_the_traceback(
     def bug(*args, **kwargs):
         raise KeyError("oops")
 
-    monkeypatch.setattr(runs, "fit", bug)
+    monkeypatch.setattr(training_run, "fit", bug)
     refused(capsys, ["fit", "vae", *TINY, "--out", str(tmp_path / "r")], "unexpected KeyError",
             "--debug")  # fmt: skip
 

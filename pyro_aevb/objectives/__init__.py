@@ -42,7 +42,9 @@ and ``piwae`` draw ``num_estimates * num_particles`` samples per data point and 
 :class:`ObjectiveSpec` (its factory, its options with help text, its capabilities) with
 :func:`register_objective` is imported with the package, and ``fit``, the command line
 (``--objective`` and one flag per option, :mod:`.flags`) and the parametrized tests
-pick it up. Outside the package, importing a module that registers a spec does the same.
+pick it up. Outside the package, importing a module that registers a spec does the same;
+the command line imports the user's modules named in ``PYRO_AEVB_PLUGINS`` or in entry
+points (:mod:`.plugins`, one rule for objectives and pairs).
 ``fit(objective=...)`` also takes any Pyro ``ELBO`` instance, as ``SVI(loss=...)`` does
 (:func:`resolve_objective`).
 """
@@ -70,9 +72,10 @@ from .registry import (
 # Every other module of the package registers objectives: importing them here is what
 # makes "one new file" enough.
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("registry", "flags"):
+    if _module.name not in ("registry", "flags", "plugins"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
+from .plugins import load_plugins  # noqa: E402
 from .renyi import RenyiELBO  # noqa: E402
 
 __all__ = [
@@ -83,6 +86,7 @@ __all__ = [
     "available_objectives",
     "capabilities_of",
     "get_objective",
+    "load_plugins",
     "make_objective",
     "objective_name",
     "objective_specs",

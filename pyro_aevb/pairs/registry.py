@@ -1,12 +1,14 @@
 """The registry of named pairs, and where pairs come from.
 
-Three sources, read once on the first look-up:
+Two sources, read once on the first look-up:
 
 * the library's own: every public module of :mod:`pyro_aevb.pairs` (a new file there
   is found without an edit anywhere else);
-* the modules named in the environment variable ``PYRO_AEVB_PAIRS`` (comma-separated
-  importable names, e.g. ``PYRO_AEVB_PAIRS=my_pairs``);
-* the entry points of the group ``pyro_aevb.pairs`` of installed packages.
+* plugins, the user's own modules (:mod:`pyro_aevb.objectives.plugins`, one rule for
+  pairs and objectives): those named in the environment variable ``PYRO_AEVB_PLUGINS``
+  (or its older name ``PYRO_AEVB_PAIRS``; comma-separated module names, found in the
+  current folder too) and the entry points of the groups ``pyro_aevb.pairs`` and
+  ``pyro_aevb.objectives`` of installed packages.
 
 Each such module registers its pair(s) with :func:`register_pair` when imported.
 """
@@ -14,16 +16,16 @@ Each such module registers its pair(s) with :func:`register_pair` when imported.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
-from importlib.metadata import entry_points
 
+from ..objectives.plugins import ENTRY_POINT_GROUPS, PAIRS_VARIABLE, load_plugins
 from .spec import PairSpec
 
-#: the environment variable naming extra modules that register pairs
-ENVIRONMENT_VARIABLE = "PYRO_AEVB_PAIRS"
+#: the older environment variable naming modules that register pairs (read by
+#: :func:`~pyro_aevb.objectives.plugins.load_plugins`, as ``PYRO_AEVB_PLUGINS`` is)
+ENVIRONMENT_VARIABLE = PAIRS_VARIABLE
 #: the entry-point group of installed packages that register pairs
-ENTRY_POINT_GROUP = "pyro_aevb.pairs"
+ENTRY_POINT_GROUP = ENTRY_POINT_GROUPS[0]
 #: modules of this package that hold no pair
 _NOT_PAIRS = {"registry", "spec", "options"}
 
@@ -45,18 +47,8 @@ def register_pair(spec: PairSpec) -> PairSpec:
     return spec
 
 
-def _import(name: str, origin: str) -> None:
-    try:
-        importlib.import_module(name)
-    except Exception as e:
-        raise ValueError(
-            f"{origin} names the module '{name}', which cannot be imported "
-            f"({type(e).__name__}: {e}); fix the module or remove it from {origin}"
-        ) from e
-
-
 def load_pairs() -> None:
-    """Import every module that registers pairs (once)."""
+    """Import every module that registers pairs (once): the library's, then the plugins."""
     global _loaded
     if _loaded:
         return
@@ -65,11 +57,7 @@ def load_pairs() -> None:
     for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
         if not info.name.startswith("_") and info.name not in _NOT_PAIRS:
             importlib.import_module(f"{package}.{info.name}")
-    for name in os.environ.get(ENVIRONMENT_VARIABLE, "").split(","):
-        if name.strip():
-            _import(name.strip(), f"the environment variable {ENVIRONMENT_VARIABLE}")
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        _import(point.value.split(":")[0], f"the entry point '{point.name}' ({ENTRY_POINT_GROUP})")
+    load_plugins()  # the user's pairs and objectives, after the library's own
 
 
 def available_pairs() -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class PairOption:
     name: str
     default: Any
     option: Option
+    #: the parameter's type, from its annotation (``int``, ``tuple[int, ...]``, ...)
+    kind: Any = Any
 
     @property
     def flag(self) -> str:
@@ -121,7 +124,13 @@ class PairOption:
         return self.option.to_config(value)
 
     def validate(self, value) -> None:
-        """Raise ``ValueError`` naming the flag for a value outside the declared range."""
+        """Raise ``ValueError`` naming the flag for a value of the wrong type (as JSON
+        reads it back: a list for a tuple) or outside the declared range."""
+        if not value_fits(value, self.kind):
+            raise ValueError(
+                f"{self.label} must be {type_text(self.kind)}, got {value!r} "
+                f"({type(value).__name__})"
+            )
         option = self.option
         if option.minimum is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < option.minimum
@@ -133,9 +142,47 @@ class PairOption:
             if not (number and math.isfinite(value) and low <= value < high):
                 raise ValueError(f"{self.label} must be in [{low:g}, {high:g}), got {value!r}")
         if option.choices is not None and value is not None and value not in option.choices:
-            raise ValueError(
-                f"{self.label} must be one of {list(option.choices)}, got {value!r}"
-            )
+            raise ValueError(f"{self.label} must be one of {list(option.choices)}, got {value!r}")
+
+
+def value_fits(value, kind) -> bool:
+    """Whether ``value``, as JSON reads it back, has the type ``kind`` of a builder
+    parameter: ``int`` (not ``bool``), ``float`` (an ``int`` too), ``str``, ``bool``,
+    ``dict``, ``X | None``, ``tuple[X, ...]`` or ``list[X]`` (a JSON list); any other
+    annotation accepts every value."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(value_fits(value, arm) for arm in args)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (str, dict):
+        return isinstance(value, kind)
+    if origin in (tuple, list):
+        items = [a for a in args if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(
+            value_fits(v, items[0] if items else Any) for v in value
+        )
+    return True
+
+
+def type_text(kind) -> str:
+    """``kind`` in words, for messages: "an integer", "a list of integers or null"."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_text(arm) for arm in args)
+    if origin in (tuple, list):
+        items = [a for a in args if a is not Ellipsis]
+        inner = type_text(items[0]) if items else "values"
+        return "a list of " + inner.replace("an ", "").replace("a ", "") + "s"
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             dict: "an object", type(None): "null"}  # fmt: skip
+    return words.get(kind, str(kind))
 
 
 def pair_options(build: Callable) -> tuple[PairOption, ...]:
@@ -155,7 +202,8 @@ def pair_options(build: Callable) -> tuple[PairOption, ...]:
                 f"{build.__qualname__}: parameter '{p.name}' needs a default and an "
                 "annotation Annotated[type, Option(help)] (see pyro_aevb.pairs.spec)"
             )
-        options.append(PairOption(p.name, p.default, declared[0]))
+        kind = typing.get_args(hints[p.name])[0]
+        options.append(PairOption(p.name, p.default, declared[0], kind))
     return tuple(options)
 
 
