@@ -5,12 +5,17 @@
 * :mod:`~pyro_aevb.training.optim`: optimizers and learning-rate schedules;
 * :mod:`~pyro_aevb.training.history`: history rows and early stopping;
 * :mod:`~pyro_aevb.training.state`: what a checkpoint holds, and the resume checks;
-* :mod:`~pyro_aevb.training.loop`: :func:`fit`.
+* :mod:`~pyro_aevb.training.settings`, :mod:`~pyro_aevb.training.placement`,
+  :mod:`~pyro_aevb.training.checkpointing`: fit's settings groups, validated once;
+* :mod:`~pyro_aevb.training.loop`: :class:`FitLoop`, the epochs and steps;
+* :mod:`~pyro_aevb.training.strategy` and :mod:`~pyro_aevb.training.distributed`: one
+  process, or one rank of a data-parallel run;
+* :mod:`~pyro_aevb.training.fit`: :func:`fit`, the composition of these parts.
 """
 
 from ..io import save_json
+from .fit import FitResult, fit
 from .history import History
-from .loop import FitResult, fit
 from .optim import LR_SCHEDULES, OPTIMIZERS, make_lr_scheduler, make_optimizer
 from .step import (
     DivergenceError,

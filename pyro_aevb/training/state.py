@@ -16,6 +16,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .history import History, copy_params, load_module_states, module_states, params_snapshot
+from .settings import LoopSettings, StepSettings
 from .step import TrainingStep
 
 #: layout version of the checkpoint dict (1: pyro.optim optimizer states, before 0.2)
@@ -69,7 +70,8 @@ def save(
 #: settings a resume may change: the learning rate (the advice of the divergence guard is to
 #: lower it) and the early-stopping patience. They change how the run goes on, not what it
 #: is: the model, data, objective, seed and the schedules stay as the checkpoint has them.
-RESUME_MAY_CHANGE = frozenset({"lr", "patience"})
+#: (The groups of fit's settings say which of their options these are.)
+RESUME_MAY_CHANGE = StepSettings.RESUME_MAY_CHANGE | LoopSettings.RESUME_MAY_CHANGE
 
 
 #: what ``None`` stands for in a run's config: the same setting spelled out is no change
