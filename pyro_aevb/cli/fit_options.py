@@ -35,6 +35,12 @@ def add_fit_options(parser) -> None:
     )
     training.add_argument("--clip-norm", type=float, help="clip the gradient's total norm to this")
     training.add_argument(
+        "--clip-value",
+        type=float,
+        help="clamp each gradient element to [-v, v] (what Pyro's ClippedAdam does; the loss "
+        "here is per data point: divide a batch-sum example's value by the batch size)",
+    )
+    training.add_argument(
         "--em",
         nargs=2,
         type=int,

@@ -122,6 +122,7 @@ def fit_keywords(config: dict, run: Run) -> dict:
         lr=config["lr"],
         optimizer=config.get("optimizer") or "adam",
         clip_norm=config.get("clip_norm"),
+        clip_value=config.get("clip_value"),
         lr_schedule=config.get("lr_schedule"),
         device=config["device"],
         sync_every=config.get("sync_every"),

@@ -126,6 +126,7 @@ def train_pair(model, guide, train, test, settings: FitSettings, strategy) -> Fi
         step = strategy.make_step(
             model, guide, s.objective.elbo, summary, data.first_batch(), data.num_train,
             optimizer=s.step.optimizer, lr=s.step.lr, clip_norm=s.step.clip_norm,
+            clip_value=s.step.clip_value,
             schedule=s.loop.schedule, lr_schedule=s.step.lr_schedule,
             total_steps=total_steps, divergence_factor=s.step.divergence_factor,
         )  # fmt: skip

@@ -179,6 +179,8 @@ class DeviceGuardedStep:
             # with a non-finite norm the clipped gradients are garbage, but the update is
             # skipped on the halted flag
             torch.nn.utils.clip_grads_with_norm_(with_grad, step.clip_norm, norm, foreach=True)
+        if step.clip_value is not None and grads:
+            torch.nn.utils.clip_grad_value_(with_grad, step.clip_value, foreach=True)
         for p in step.frozen[phase]:
             p.grad = None
         step.optimizer.found_inf = self.halted

@@ -9,7 +9,7 @@ change (``RESUME_MAY_CHANGE``). Where a setting is validated, by its name:
 * :class:`ObjectiveSettings`, what is optimised: ``objective``, ``num_particles``,
   ``objective_options``, ``kl_annealing``;
 * :class:`StepSettings`, how a step updates: ``optimizer``, ``lr``, ``lr_schedule``,
-  ``clip_norm``, ``divergence_factor``, ``validate``;
+  ``clip_norm``, ``clip_value``, ``divergence_factor``, ``validate``;
 * :class:`DataSettings`, what a step sees: ``transform``, ``batch_size``, ``seed``,
   ``arguments``, ``check_support``;
 * :class:`LoopSettings`, how long and what is recorded: ``epochs``, ``schedule``,
@@ -132,10 +132,13 @@ class StepSettings:
         holds the rate).
     :param lr_schedule: ``None``, ``"cosine"``, ``"exponential"`` or a factory
         ``f(optimizer) -> torch.optim.lr_scheduler.LRScheduler``, stepped every step.
-    :param clip_norm: clip the gradient of all parameters together to this norm;
-        ``None``: no clipping. Pyro's ``ClippedAdam`` clamps each element instead, and
-        this library's loss is per data point, not a batch sum: a norm copied from a
-        batch-sum example acts about ``batch_size`` times differently.
+    :param clip_norm: clip the gradient of all parameters together to this Euclidean
+        norm; ``None``: no clipping.
+    :param clip_value: clamp each gradient element to ``[-clip_value, clip_value]``, what
+        Pyro's ``ClippedAdam(clip_norm=...)`` does (which also decays the learning rate,
+        ``lrd``: use ``lr_schedule="exponential"`` for that). This library's loss is per
+        data point, not a batch sum as in Pyro's examples: a clip copied from such an
+        example acts about ``batch_size`` times differently (divide it by the batch size).
     :param divergence_factor: stop with :class:`~pyro_aevb.training.step.DivergenceError`
         when a step's loss exceeds this many times the smallest loss magnitude so far
         (at least 1 nat per data point); ``None`` disables the check.
@@ -148,6 +151,7 @@ class StepSettings:
     lr: float = 1e-3
     lr_schedule: Any = None
     clip_norm: float | None = None
+    clip_value: float | None = None
     divergence_factor: float | None = 1e3
     validate: bool = False
     #: a resume may lower the learning rate (the divergence guard's advice), but not where
@@ -159,6 +163,7 @@ class StepSettings:
             self,
             lr=positive(self.lr, "lr"),
             clip_norm=positive(self.clip_norm, "clip_norm", allow_none=True),
+            clip_value=positive(self.clip_value, "clip_value", allow_none=True),
             divergence_factor=positive(
                 self.divergence_factor, "divergence_factor", allow_none=True
             ),
@@ -175,6 +180,8 @@ class StepSettings:
             "lr": self.lr,
             **optim_lib.describe(self.optimizer, self.lr_schedule),
             "clip_norm": self.clip_norm,
+            # only where set: a checkpoint of an earlier release has no such key
+            **({"clip_value": self.clip_value} if self.clip_value is not None else {}),
         }
 
 

@@ -180,6 +180,8 @@ class TrainingStep:
     :param lr: the learning rate.
     :param clip_norm: clip the gradient of all parameters together to this Euclidean
         norm (``None``: no clipping).
+    :param clip_value: clamp each gradient element to ``[-clip_value, clip_value]``
+        (after ``clip_norm``; ``None``: no clamping), as Pyro's ``ClippedAdam`` does.
     :param schedule: the EM schedule whose phases freeze parameters (or ``None``).
     :param lr_schedule: see :func:`~pyro_aevb.training.optim.make_lr_scheduler`.
     :param total_steps: the run's number of steps (for the schedules that need it).
@@ -203,6 +205,7 @@ class TrainingStep:
         optimizer="adam",
         lr: float = 1e-3,
         clip_norm: float | None = None,
+        clip_value: float | None = None,
         schedule=None,
         lr_schedule=None,
         total_steps: int = 1,
@@ -211,7 +214,7 @@ class TrainingStep:
         self.model, self.guide, self.objective = model, guide, objective
         self.num_data = int(num_data)
         self.pair = bind_pair(model, guide, batch, num_data, summary.data_plate)
-        self.clip_norm = clip_norm
+        self.clip_norm, self.clip_value = clip_norm, clip_value
         self.divergence_factor = divergence_factor
         #: smallest absolute loss seen so far, the reference of the divergence check
         self.reference_loss: float | None = None
@@ -310,6 +313,8 @@ class TrainingStep:
         self._check_divergence(value, where)
         if self.clip_norm is not None and grads:
             torch.nn.utils.clip_grads_with_norm_(with_grad, self.clip_norm, norm, foreach=True)
+        if self.clip_value is not None and grads:
+            torch.nn.utils.clip_grad_value_(with_grad, self.clip_value, foreach=True)
         for p in self.frozen[phase]:
             p.grad = None  # an optimizer skips parameters without a gradient
         self.optimizer.step()
