@@ -117,8 +117,12 @@ def _history_axis(history: Sequence[Mapping]) -> tuple[list, str]:
     return [row["step"] for row in history], "step"
 
 
-def learning_curve(history: Sequence[Mapping], ax=None):
-    """Training loss and test ELBO per epoch (or per row), in nats per data point."""
+def learning_curve(history: Sequence[Mapping], ax=None, final: Mapping | None = None):
+    """Training loss and test ELBO per epoch (or per row), in nats per data point, and
+    the test log-likelihood where it was computed: per row for a model with exact
+    evidence (``test_log_evidence``), and the evaluation's importance-sampling estimate
+    after training (``final``: metrics with ``test_log_likelihood``, its ``_se`` and
+    ``log_likelihood_particles``) as a point with its two-s.e. bar at the last row."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
     if not history:
@@ -127,6 +131,20 @@ def learning_curve(history: Sequence[Mapping], ax=None):
     ax.plot(xs, [row["train_elbo"] for row in history], label="train ELBO (running)")
     if "test_elbo" in history[0]:
         ax.plot(xs, [row["test_elbo"] for row in history], label="test ELBO")
+    if "test_log_evidence" in history[0]:
+        evidence = [row["test_log_evidence"] for row in history]
+        ax.plot(xs, evidence, label="test log-likelihood (exact)")
+    if final is not None and final.get("test_log_likelihood") is not None:
+        k = final.get("log_likelihood_particles")
+        ax.errorbar(
+            [xs[-1]],
+            [final["test_log_likelihood"]],
+            yerr=[2 * final.get("test_log_likelihood_se", 0.0)],
+            fmt="o",
+            color="k",
+            capsize=3,
+            label="test log-likelihood (IS" + (f", K = {k})" if k else ")"),
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("nats per data point")
     ax.legend()

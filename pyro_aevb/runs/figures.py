@@ -12,6 +12,12 @@ from ..data import get_transform, transform_test_set
 from .build import Run
 
 
+def redraw_learning_curve(run_dir: Path, history, metrics: dict) -> None:
+    """``learning_curve.png`` with the evaluation's test log-likelihood (``metrics``)."""
+    curve = plots.learning_curve(history, final=metrics)
+    plots.save(curve, Path(run_dir) / "learning_curve.png")
+
+
 def write_figures(run: Run, run_dir: Path, history) -> None:
     """``learning_curve.png``, for images ``samples.png`` and ``reconstructions.png``,
     and the pair's own figures."""

@@ -31,7 +31,7 @@ from .directory import (
     write_manifest,
 )
 from .evaluation_run import evaluate_run
-from .figures import write_figures
+from .figures import redraw_learning_curve, write_figures
 
 
 def _versions() -> dict:
@@ -188,4 +188,6 @@ def _train_locked(config, run_dir: Path, resume, overwrite, progress):
         fit_seconds,
         progress=progress and sys.stderr.isatty(),  # a bar, only for a person at a terminal
     )
+    # the curve again, now with the test log-likelihood the evaluation computed
+    redraw_learning_curve(run_dir, result.history, metrics)
     return run, result, metrics
