@@ -133,7 +133,7 @@ def _add_device_options(parser) -> None:
 def add_distributed_options(group) -> None:
     """The flags of data-parallel training through Lightning Fabric, each with its help
     text (added to ``group`` itself: argparse shows no help for a group nested in a group).
-    Their values reach :func:`~pyro_aevb.training.fit` through the run's config and are
+    Their values reach :func:`~pyro_aevb.fit` through the run's config and are
     validated by :func:`~pyro_aevb.training.distributed.resolve_settings`."""
     hint = f"; needs Lightning Fabric ({INSTALL_HINT})"
     group.add_argument(

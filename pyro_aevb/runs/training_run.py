@@ -108,7 +108,7 @@ def _check_step_memory(run: Run, config: dict) -> None:
 
 
 def fit_keywords(config: dict, run: Run) -> dict:
-    """The keyword arguments of :func:`~pyro_aevb.training.fit` that ``config`` sets:
+    """The keyword arguments of :func:`~pyro_aevb.fit` that ``config`` sets:
     the one place where a run's config maps onto the training settings (the run
     directory, resume/overwrite and the progress bar are the caller's)."""
     schedule, annealing = config.get("schedule"), config.get("kl_annealing")

@@ -10,11 +10,11 @@
 * :mod:`~pyro_aevb.training.loop`: :class:`FitLoop`, the epochs and steps;
 * :mod:`~pyro_aevb.training.strategy` and :mod:`~pyro_aevb.training.distributed`: one
   process, or one rank of a data-parallel run;
-* :mod:`~pyro_aevb.training.fit`: :func:`fit`, the composition of these parts.
+* :mod:`~pyro_aevb.training.fitting`: :func:`fit`, the composition of these parts.
 """
 
 from ..io import save_json
-from .fit import FitResult, fit
+from .fitting import FitResult, fit
 from .history import History
 from .optim import LR_SCHEDULES, OPTIMIZERS, make_lr_scheduler, make_optimizer
 from .step import (

@@ -1,7 +1,7 @@
 """Starting the processes of a data-parallel fit under Lightning Fabric.
 
 :func:`launch` is given the function every process runs (the loop's entry for one rank,
-:func:`pyro_aevb.training.fit.fit_in_rank`) and its arguments; it never calls
+:func:`pyro_aevb.training.fitting.fit_in_rank`) and its arguments; it never calls
 :func:`~pyro_aevb.fit` back. Launched from here (fork or spawn), rank 0 returns the
 result and the trained state through a file, which is loaded into the caller's model and
 guide; under an outside launcher (torchrun, srun, Fabric's script launcher) this process
