@@ -9,7 +9,7 @@ device with the default settings never imports it and runs exactly as before.
 The package has three parts, as Lightning keeps settings, strategy and launcher apart:
 :mod:`~pyro_aevb.training.distributed.settings` (validated before any process starts),
 :mod:`~pyro_aevb.training.distributed.strategy` (what one rank does differently: the
-strategy object handed to the loop) and :mod:`~pyro_aevb.training.distributed.launch`
+strategy object handed to the loop) and :mod:`~pyro_aevb.training.distributed.launcher`
 (starting the processes with the function each one runs).
 
 The mathematics of a data-parallel step. One process at global batch :math:`B` of
@@ -59,7 +59,7 @@ outside launcher (torchrun, srun) every process calls :func:`~pyro_aevb.fit` its
 """
 
 
-from .launch import launch
+from .launcher import launch
 from .settings import (
     ACCELERATORS,
     DEFAULTS,
