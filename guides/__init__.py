@@ -16,6 +16,7 @@ from .linear import (
     FullCovarianceGuide,
     LinearGaussianGuide,
 )
+from .no_latent import NoLatentGuide
 from .vrnn import VRNNGuide
 
 #: the names before 0.2, kept as deprecated aliases
@@ -28,6 +29,7 @@ _RENAMED = {
 __getattr__ = module_getattr(__name__, _RENAMED)
 
 __all__ = [
+    "NoLatentGuide",
     "COVARIANCE_GUIDES",
     "ConditionalDiagonalNormalGuide",
     "DiagonalCovarianceGuide",
