@@ -22,6 +22,7 @@ from pyro_aevb import ContractError, check_pair, data_plate, evaluate, fit
 from pyro_aevb import contract as contract_module
 from pyro_aevb.arguments import ArgumentAdapter, one_hot, plan_batches, take_rows
 from pyro_aevb.evaluation import importance_log_likelihood
+from pyro_aevb.particles import summarize_pair
 from pyro_aevb.plate import scale_to_data_set
 
 N_TRAIN, X_DIM, Z_DIM = 120, 16, 3
@@ -395,9 +396,9 @@ def test_a_mask_indexing_model_evaluates_through_the_particle_loop():
     unsafe, safe = _Masked(unsafe=True), _Masked(unsafe=False)
     contract_module._warned.discard("particle-loop")
     with pytest.warns(UserWarning, match=r"one pass each.*x\[\.\.\., mask\]"):
-        summary = check_pair(unsafe.model, unsafe.guide, fields, check_evaluation=True)
+        summary = summarize_pair(unsafe.model, unsafe.guide, fields)
     assert summary.particle_mode == "loop"
-    safe_summary = check_pair(safe.model, safe.guide, fields, check_evaluation=True)
+    safe_summary = summarize_pair(safe.model, safe.guide, fields)
     assert safe_summary.particle_mode == "vectorized"
     with torch.no_grad():
         a = importance_log_likelihood(unsafe.model, unsafe.guide, fields, 100, seed=1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from ..evaluation import elbo_per_datapoint, exact_log_evidence
+from ..particles.estimators import elbo_per_datapoint, exact_log_evidence
 
 HISTORY_NAME = "history.csv"
 

@@ -34,7 +34,6 @@ from ..contract import (
     ContractError,
     PairSummary,
     check_data_support,
-    check_pair,
     merge_summaries,
     objective_advice,
     observed_field,
@@ -45,6 +44,7 @@ from ..data.test_set import prepare_fields
 from ..data.transforms import Identity, Transform, get_transform, transform_test_set
 from ..device import resolve_device
 from ..objectives import objective_name, resolve_objective, with_capability
+from ..particles import summarize_pair
 from ..plate import full_data_size
 from ..rundir import RunLock
 from ..schedules import AlternatingSchedule, JointSchedule
@@ -448,7 +448,7 @@ def fit(
         try:
             with full_data_size(n_train), pyro.validation_enabled(True):
                 # the check draws evaluation's particles too (PairSummary.particle_mode)
-                summary = check_pair(
+                summary = summarize_pair(
                     model,
                     guide,
                     first,
@@ -457,7 +457,7 @@ def fit(
                 )
                 if missing is not None and bool(missing.any()) and not bool(missing.all()):
                     # a semi-supervised data set: check the unlabeled batches too
-                    unlabeled = check_pair(
+                    unlabeled = summarize_pair(
                         model,
                         guide,
                         _first(preview, ~missing, batch_size),
