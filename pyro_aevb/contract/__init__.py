@@ -65,7 +65,13 @@ from .call import PairTraces, batch_size_of, call_arguments, run_program, trace_
 from .check import check_pair, merge_summaries
 from .errors import ContractError, PairSummary, raise_problems, warn_once
 from .errors import _warned as _warned  # the warnings given, which tests reset
-from .plates import PlateLayout, data_plate_of, plate_layout, require_per_datapoint
+from .plates import (
+    PlateLayout,
+    check_test_evaluation,
+    data_plate_of,
+    plate_layout,
+    require_per_datapoint,
+)
 from .sites import frames, is_latent_site, param_names, site_problems
 from .support import (
     check_data_support,
@@ -86,6 +92,7 @@ __all__ = [
     "call_arguments",
     "check_data_support",
     "check_pair",
+    "check_test_evaluation",
     "data_plate_of",
     "elementwise_support",
     "frames",

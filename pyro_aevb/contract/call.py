@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -63,10 +64,39 @@ def batch_size_of(batch: Mapping) -> int:
     raise ContractError(f"no field of {sorted(batch)} has data points on dim 0")
 
 
+#: Pyro's message when a site's batch shape does not fit a plate around it
+_PLATE_MISMATCH = re.compile(
+    r"Shape mismatch inside plate\('(?P<plate>[^']*)'\) at site (?P<site>\S+) "
+    r"dim (?P<dim>-?\d+), (?P<plate_size>\d+) vs (?P<site_size>\d+)"
+)
+
+
+def _plate_mismatch(error: ValueError, role: str) -> ContractError | None:
+    """Pyro's shape mismatch inside a plate as the contract's message, or ``None``."""
+    found = _PLATE_MISMATCH.search(str(error))
+    if found is None:
+        return None
+    plate, site, dim = found["plate"], found["site"], found["dim"]
+    return ContractError(
+        f"the {role}'s site '{site}' does not fit plate '{plate}': its distribution has "
+        f"{found['site_size']} elements at dim {dim}, where the plate has "
+        f"{found['plate_size']} (Pyro: {str(error).splitlines()[0]}). Dimensions of a value "
+        "that are not plates are its event: declare them with .to_event(n), e.g. "
+        "dist.Normal(loc, scale).to_event(1) for a vector per data point, with the same "
+        "event_dim in the model and the guide"
+    )
+
+
 def run_program(fn, kwargs: dict, role: str):
-    """Trace ``fn`` on a batch; a crash that integer labels explain is named as such."""
+    """Trace ``fn`` on a batch; a crash that integer labels explain, or a site whose
+    shape does not fit its plates (a missing ``.to_event``), is named as such."""
     try:
         return poutine.trace(fn).get_trace(**kwargs)
+    except ValueError as error:
+        mismatch = _plate_mismatch(error, role)
+        if mismatch is None:
+            raise
+        raise mismatch from error
     except (RuntimeError, IndexError, TypeError) as error:
         integer = [
             k

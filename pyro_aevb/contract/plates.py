@@ -143,3 +143,17 @@ def require_per_datapoint(summary) -> None:
             f"{summary.global_latent_sites} are global; evaluate such models with a "
             "joint (whole-batch) estimator instead, or fit without test data"
         )
+
+
+def check_test_evaluation(summary) -> None:
+    """Refuse, before the first step, a test set that ``fit`` could not evaluate: its
+    per-epoch test ELBO is per data point, which a latent site outside the data plate (a
+    global latent) makes impossible. ``fit`` calls it when it is given test data."""
+    if summary.global_latent_sites:
+        raise ContractError(
+            f"fit evaluates the test set after every epoch (the per-data-point test ELBO), "
+            f"but latent site(s) {summary.global_latent_sites} are global (outside the data "
+            f"plate '{summary.data_plate}'), so no data point has an ELBO of its own; fit "
+            "without test data (test=None), or move the site(s) into the data plate "
+            "(pyro_aevb.data_plate(x)) or make them parameters (pyro.param)"
+        )

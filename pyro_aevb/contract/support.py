@@ -34,8 +34,24 @@ def support_hint(support: constraints.Constraint) -> str:
     return ""
 
 
+def _opts_out_of_support_check(fn) -> bool:
+    """Whether ``fn`` says ``check_support = False``: itself, the object whose bound method
+    it is (``obj.model``), or what it wraps (an
+    :class:`~pyro_aevb.arguments.ArgumentAdapter`'s callable and owner, ``__wrapped__``)."""
+    seen, todo = [], [fn]
+    while todo:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        if getattr(item, "check_support", True) is False:
+            return True
+        todo += [getattr(item, name, None) for name in ("__self__", "owner", "fn", "__wrapped__")]
+    return False
+
+
 def _pair_opts_out_of_support_check(model, guide) -> bool:
-    return any(getattr(fn, "check_support", True) is False for fn in (model, guide))
+    return any(_opts_out_of_support_check(fn) for fn in (model, guide))
 
 
 def support_check_enabled(model, guide, check_support: bool) -> bool:

@@ -34,6 +34,7 @@ from ..contract import (
     ContractError,
     PairSummary,
     check_data_support,
+    check_test_evaluation,
     merge_summaries,
     objective_advice,
     observed_field,
@@ -478,6 +479,7 @@ def fit(
         check_data_support(summary, preview)
         if test_fields is not None:
             check_data_support(summary, test_fields)
+            check_test_evaluation(summary)
         step_fn = (TrainingStep if rank is None else rank.make_step)(
             model,
             guide,
@@ -502,6 +504,7 @@ def fit(
             history_metrics=history_metrics,
             record_phase=not isinstance(schedule, JointSchedule),
             record_kl_weight=kl_annealing is not None,
+            summary=summary,
         )
         # Modules whose training depends on the step (a Gumbel-softmax temperature) say so
         # with a set_training_step method; the step count is checkpointed, so a resumed
