@@ -450,12 +450,9 @@ def fit(
             with full_data_size(n_train), pyro.validation_enabled(True):
                 # the check draws evaluation's particles too (PairSummary.particle_mode)
                 summary = summarize_pair(
-                    model,
-                    guide,
-                    first,
-                    allow_model_enumeration=capabilities.enumerates,
+                    model, guide, first, allow_model_enumeration=capabilities.enumerates,
                     check_support=check_support,
-                )
+                )  # fmt: skip
                 if missing is not None and bool(missing.any()) and not bool(missing.all()):
                     # a semi-supervised data set: check the unlabeled batches too
                     unlabeled = summarize_pair(
