@@ -288,6 +288,25 @@ def test_the_check_support_attribute_is_seen_through_bound_methods():
     assert math.isfinite(evaluation.metrics()["test_elbo"])
 
 
+def test_ais_points_check_support_to_the_attribute_route_which_works():
+    pair = _GreyBernoulli("sized")
+    grey = torch.rand(6, X_DIM, generator=torch.Generator().manual_seed(4))
+    options = dict(method="ais", num_chains=2, num_steps=3, num_leapfrog=2, step_size=0.2)
+    with pytest.raises(ValueError, match=r"set check_support = False on the model"):
+        evaluate(pair.model, pair.guide, {"x": grey}, check_support=False, **options)
+    pair.check_support = False  # the advice followed
+    metrics = evaluate(pair.model, pair.guide, {"x": grey}, **options).metrics()
+    assert math.isfinite(metrics["test_log_likelihood_ais"])
+
+
+def test_check_pair_names_summarize_pair_for_the_particle_probe():
+    pair = Pair()
+    with pytest.raises(TypeError, match=r"pyro_aevb\.particles\.summarize_pair"):
+        check_pair(pair.model, pair.guide, {"x": _data(10)}, check_evaluation=True)
+    # the advice followed: the same arguments to summarize_pair
+    assert summarize_pair(pair.model, pair.guide, {"x": _data(10)}).particle_mode == "vectorized"
+
+
 def test_integer_labels_given_to_a_one_hot_guide_are_named():
     def model(x, y):
         with pyro.plate("data", len(x)):

@@ -51,11 +51,12 @@ class PairSummary:
 _warned: set[str] = set()
 
 
-def warn_once(key: str, message: str) -> None:
-    """Warn with ``message`` the first time ``key`` comes up in this process."""
+def warn_once(key: str, message: str, stacklevel: int = 3) -> None:
+    """Warn with ``message`` the first time ``key`` comes up in this process (by default
+    at the line that called the function calling this one)."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(message, stacklevel=stacklevel)
 
 
 def raise_problems(problems: list[str]) -> None:

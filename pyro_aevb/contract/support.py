@@ -64,6 +64,7 @@ def support_check_enabled(model, guide, check_support: bool) -> bool:
         "the support check of observed values is off (check_support=False): values "
         "outside a likelihood's support give a log-density that is not a probability, "
         "and the ELBO of such a pair is no bound on log p(x)",
+        stacklevel=4,  # the caller of check_pair, as before the checks were split
     )
     return False
 
