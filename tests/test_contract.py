@@ -191,3 +191,29 @@ def test_a_global_latent_with_a_test_set_is_refused_before_the_first_step(tmp_pa
     # the advice followed: without test data the pair trains
     result = fit(model, guide, {"x": x}, epochs=2, batch_size=10, progress=False)
     assert result.epochs_completed == 2 and model.calls > 2
+
+
+class _WholeBatchEvent(_Decoder):
+    """The likelihood's event declared two dims deep: it takes in the data points."""
+
+    def forward(self, x):
+        pyro.module("decoder", self.decoder)
+        with data_plate(x):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 4), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(2), obs=x)
+
+
+def test_an_event_that_takes_in_the_data_points_is_refused():
+    """Issue 23: .to_event(2) on a (B, D) likelihood inside the data plate made every data
+    point's log-density the whole batch's (a B-fold ELBO), silently; now the contract
+    names the site, its shape and event_dim, and the event_dim to use."""
+    from pyro_aevb import fit
+
+    pattern = (
+        r"site 'x' has value shape \(10, 64\) and event_dim 2, so its event takes in dim -1 "
+        r"of the data plate 'data'.*\.to_event\(1\) at most"
+    )
+    with pytest.raises(ContractError, match=pattern):
+        check_pair(_WholeBatchEvent(), _Encoder(), {"x": X})
+    with pytest.raises(ContractError, match=pattern.replace("10", "5")):
+        fit(_WholeBatchEvent(), _Encoder(), {"x": X}, epochs=1, batch_size=5, progress=False)

@@ -78,6 +78,7 @@ def plate_layout(traces, plate: str, batch_size: int) -> PlateLayout:
                 [],
             ).append(name)
         layout.data_dims.add(frame.dim)
+        layout.problems += _event_problems(name, site, frame, plate)
     layout.problems += _grouped(misplaced)
     if len(layout.data_dims) > 1:
         layout.problems.append(
@@ -85,6 +86,21 @@ def plate_layout(traces, plate: str, batch_size: int) -> PlateLayout:
         )
     layout.problems += _guide_plate_problems(traces.model_latents, traces.guide_latents, plate)
     return layout
+
+
+def _event_problems(name: str, site, frame, plate: str) -> list[str]:
+    """A site inside the data plate whose event takes in the data points' dim: its value
+    has too few dims left of the event for the plate, so each data point's log-density
+    would be the sum over the whole batch (Pyro broadcasts it without a word)."""
+    value, event_dim = site["value"], site["fn"].event_dim
+    if value.dim() - event_dim >= -frame.dim:
+        return []
+    return [
+        f"site '{name}' has value shape {tuple(value.shape)} and event_dim {event_dim}, so "
+        f"its event takes in dim {frame.dim} of the data plate '{plate}' (the data points) "
+        "and each data point would get the whole batch's log-density; declare only one "
+        f"data point's dims as its event: .to_event({max(0, value.dim() + frame.dim)}) at most"
+    ]
 
 
 def _guide_plate_problems(model_latents, guide_latents, plate: str) -> list[str]:
