@@ -22,10 +22,10 @@ from .evaluation import (
     Evaluation,
     ImportanceEstimate,
     elbo_per_datapoint,
-    evaluate,
     exact_log_evidence,
     importance_log_likelihood,
 )
+from .evaluation_methods import evaluate
 from .importance_weighted import CIWAE, IWAE, MIWAE, PIWAE, STLELBO, DReG
 from .label_usage import label_usage
 from .objectives import RenyiELBO, available_objectives, make_objective, register_objective

@@ -44,6 +44,15 @@ def isolated(seed: int | None, device: torch.device | None = None) -> Iterator[N
         yield
 
 
+@contextlib.contextmanager
+def forked_rng(device: torch.device | None = None) -> Iterator[None]:
+    """Run a block on a fork of the current random stream: the draws after it are those
+    there would have been without it (a check that runs the pair before an estimate)."""
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 def rng_state() -> tuple:
     """The CPU (and, if initialized, CUDA) random state, for :func:`replayed_rng`."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None

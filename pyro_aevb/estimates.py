@@ -1,7 +1,7 @@
 r"""The results of an evaluation, and the checks that mathematics puts on them.
 
 :class:`ImportanceEstimate` holds the per-data-point numbers of
-:func:`pyro_aevb.evaluation.importance_log_likelihood`; :class:`Evaluation` those of
+:func:`pyro_aevb.particles.estimators.importance_log_likelihood`; :class:`Evaluation` those of
 :func:`pyro_aevb.evaluate`, with :meth:`Evaluation.problems` naming what no lower bound
 of :math:`\log p(x)` can be, and :meth:`Evaluation.metrics` the summary written to
 ``metrics.json`` (nats per data point).
@@ -14,20 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .particles.estimators import ImportanceEstimate
 
-@dataclass
-class ImportanceEstimate:
-    """Per-data-point results of :func:`importance_log_likelihood` (all shape ``(N,)``)."""
-
-    #: :math:`\log \frac1K \sum_k w_k`, nats
-    log_likelihood: torch.Tensor
-    #: :math:`\frac1K \sum_k \log w_k`, the ELBO estimate from the same draws, nats
-    elbo: torch.Tensor
-    #: effective sample size of the K weights, in [1, K]
-    ess: torch.Tensor
-    #: PSIS shape estimate, or None if not computed
-    pareto_k: torch.Tensor | None
-    num_particles: int
+#: ImportanceEstimate lives with its estimator in the particles layer; importable here
+__all__ = ["BOUND_SLACK_SE", "Evaluation", "ImplausibleEstimateError", "ImportanceEstimate"]
 
 
 class ImplausibleEstimateError(ValueError):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .evaluation import importance_log_likelihood
+from .particles.estimators import importance_log_likelihood
 
 
 @torch.no_grad()

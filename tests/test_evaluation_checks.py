@@ -186,3 +186,35 @@ def test_numpy_training_data_for_evaluate_after_fit_matches(digits):
     a = evaluate(model, guide, {"x": test.x[:30]}, transform="fixed", num_particles=4)
     b = evaluate(model, guide, {"x": np.asarray(test.x[:30])}, transform="fixed", num_particles=4)
     assert a.metrics() == b.metrics()
+
+
+@pytest.fixture
+def contract_checks(monkeypatch):
+    """The batch sizes of every contract check (check_pair, wherever called) from now on."""
+    import pyro_aevb.contract.check as check_module
+
+    seen, real = [], check_module.trace_pair
+
+    def spy(model, guide, batch):
+        seen.append(next(iter(batch.values())).shape[0])
+        return real(model, guide, batch)
+
+    monkeypatch.setattr(check_module, "trace_pair", spy)
+    return seen
+
+
+def test_fit_checks_the_pair_once_and_evaluate_takes_its_summary(contract_checks):
+    """Issue 19: the per-epoch test ELBO and evaluate(summary=) use the check fit made,
+    instead of checking the pair again on the test set every epoch (before: 1 + 3 checks
+    in fit, and 3 in one evaluate)."""
+    model, guide = tiny_vae()
+    train, test = {"x": _binary(60)}, {"x": _binary(20, seed=1)}
+    result = fit(model, guide, train, test, epochs=3, batch_size=20, progress=False)
+    assert len(result.history) == 3 and all("test_elbo" in row for row in result.history)
+    assert contract_checks == [20]  # the first training batch, once
+    given = evaluate(model, guide, test, num_particles=5, summary=result.summary)
+    assert contract_checks == [20]
+    checked = evaluate(model, guide, test, num_particles=5)
+    assert contract_checks == [20, 20]  # evaluate on its own checks once
+    # the summary changes no number: the estimates draw the same particles either way
+    assert given.metrics() == checked.metrics()

@@ -8,6 +8,7 @@ same per-data-point quantity (each point weighted ``N / B``, then divided by ``N
 whatever the plate is called and whatever scale Pyro's plate itself applied.
 """
 
+import math
 import warnings
 
 import pyro
@@ -22,6 +23,7 @@ from pyro_aevb import ContractError, check_pair, data_plate, evaluate, fit
 from pyro_aevb import contract as contract_module
 from pyro_aevb.arguments import ArgumentAdapter, one_hot, plan_batches, take_rows
 from pyro_aevb.evaluation import importance_log_likelihood
+from pyro_aevb.particles import summarize_pair
 from pyro_aevb.plate import scale_to_data_set
 
 N_TRAIN, X_DIM, Z_DIM = 120, 16, 3
@@ -245,6 +247,66 @@ def test_bernoulli_on_grey_values_opts_out_of_the_support_check_with_one_warning
     assert sum("support check" in str(w.message) for w in caught) == 1
 
 
+def test_check_support_false_reaches_fits_per_epoch_test_evaluation():
+    """Issue 21 #3: fit's option reaches the test ELBO of every epoch (before: the pair on
+    grey values died after epoch 1, when the test set was checked again)."""
+    pair = _GreyBernoulli("sized")
+    g = torch.Generator().manual_seed(1)
+    grey, grey_test = torch.rand(40, X_DIM, generator=g), torch.rand(20, X_DIM, generator=g)
+    _, result = _fit(pair.model, pair.guide, {"x": grey}, {"x": grey_test}, check_support=False)
+    assert result.epochs_completed == 2
+    assert all(math.isfinite(row["test_elbo"]) for row in result.history)
+
+
+def test_evaluate_takes_check_support_false_with_fits_warning():
+    pair = _GreyBernoulli("sized")
+    grey = torch.rand(20, X_DIM, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ContractError, match="binarize"):
+        evaluate(pair.model, pair.guide, {"x": grey}, num_particles=5)
+    contract_module._warned.discard("support")
+    with pytest.warns(UserWarning, match="support check of observed values is off"):
+        result = evaluate(pair.model, pair.guide, {"x": grey}, num_particles=5,
+                          check_support=False)  # fmt: skip
+    # Bernoulli log-densities of values in [0, 1] are negative: a valid bound, finite
+    assert result.metrics()["test_log_likelihood"] < 0
+
+
+class _GreyOptingOut(_GreyBernoulli):
+    """The attribute route: the object whose methods are the model and guide opts out."""
+
+    check_support = False
+
+
+def test_the_check_support_attribute_is_seen_through_bound_methods():
+    pair = _GreyOptingOut("sized")
+    g = torch.Generator().manual_seed(3)
+    grey, grey_test = torch.rand(40, X_DIM, generator=g), torch.rand(20, X_DIM, generator=g)
+    assert not check_pair(pair.model, pair.guide, {"x": grey}).support_checked
+    _, result = _fit(pair.model, pair.guide, {"x": grey}, {"x": grey_test})
+    assert result.epochs_completed == 2 and not result.summary.support_checked
+    evaluation = evaluate(pair.model, pair.guide, {"x": grey_test}, num_particles=5)
+    assert math.isfinite(evaluation.metrics()["test_elbo"])
+
+
+def test_ais_points_check_support_to_the_attribute_route_which_works():
+    pair = _GreyBernoulli("sized")
+    grey = torch.rand(6, X_DIM, generator=torch.Generator().manual_seed(4))
+    options = dict(method="ais", num_chains=2, num_steps=3, num_leapfrog=2, step_size=0.2)
+    with pytest.raises(ValueError, match=r"set check_support = False on the model"):
+        evaluate(pair.model, pair.guide, {"x": grey}, check_support=False, **options)
+    pair.check_support = False  # the advice followed
+    metrics = evaluate(pair.model, pair.guide, {"x": grey}, **options).metrics()
+    assert math.isfinite(metrics["test_log_likelihood_ais"])
+
+
+def test_check_pair_names_summarize_pair_for_the_particle_probe():
+    pair = Pair()
+    with pytest.raises(TypeError, match=r"pyro_aevb\.particles\.summarize_pair"):
+        check_pair(pair.model, pair.guide, {"x": _data(10)}, check_evaluation=True)
+    # the advice followed: the same arguments to summarize_pair
+    assert summarize_pair(pair.model, pair.guide, {"x": _data(10)}).particle_mode == "vectorized"
+
+
 def test_integer_labels_given_to_a_one_hot_guide_are_named():
     def model(x, y):
         with pyro.plate("data", len(x)):
@@ -346,6 +408,27 @@ def test_a_semi_supervised_fit_with_missing_labels_trains_and_evaluates():
     assert metrics["test_log_likelihood"] >= metrics["test_elbo"] - 3 * metrics["test_elbo_se"]
 
 
+def test_a_semi_supervised_fit_checks_each_kind_of_batch_once(monkeypatch):
+    """Issue 19: labeled and unlabeled batches are checked once each, not per epoch."""
+    import pyro_aevb.contract.check as check_module
+
+    checked, real = [], check_module.trace_pair
+
+    def spy(model, guide, batch):
+        checked.append("ys" in batch and not bool(torch.isnan(batch["ys"]).any()))
+        return real(model, guide, batch)
+
+    monkeypatch.setattr(check_module, "trace_pair", spy)
+    labels = torch.arange(N_TRAIN) % NUM_CLASSES
+    labels[30:] = -1
+    pair = _M2()
+    train = {"xs": _data(), "ys": one_hot(labels, NUM_CLASSES)}
+    _, result = _fit(pair.model, pair.guide, train, {"xs": _data(40, seed=1)}, objective="enum",
+                     epochs=3)  # fmt: skip
+    assert len(result.history) == 3 and "test_elbo" in result.history[-1]
+    assert checked == [True, False]  # one labeled batch, one unlabeled
+
+
 def test_a_required_label_argument_with_missing_labels_is_refused():
     pair = _M2()
     labels = one_hot(torch.tensor([0, 1, -1, 2] * 5), NUM_CLASSES)
@@ -395,9 +478,9 @@ def test_a_mask_indexing_model_evaluates_through_the_particle_loop():
     unsafe, safe = _Masked(unsafe=True), _Masked(unsafe=False)
     contract_module._warned.discard("particle-loop")
     with pytest.warns(UserWarning, match=r"one pass each.*x\[\.\.\., mask\]"):
-        summary = check_pair(unsafe.model, unsafe.guide, fields, check_evaluation=True)
+        summary = summarize_pair(unsafe.model, unsafe.guide, fields)
     assert summary.particle_mode == "loop"
-    safe_summary = check_pair(safe.model, safe.guide, fields, check_evaluation=True)
+    safe_summary = summarize_pair(safe.model, safe.guide, fields)
     assert safe_summary.particle_mode == "vectorized"
     with torch.no_grad():
         a = importance_log_likelihood(unsafe.model, unsafe.guide, fields, 100, seed=1)

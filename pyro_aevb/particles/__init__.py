@@ -38,7 +38,9 @@ Evaluation differentiates nothing and accepts more (:func:`importance_terms`): g
 sites marked for enumeration are summed out, and a model latent the guide does not
 sample is drawn from its prior, which is then part of the proposal and cancels from the
 weight. Pairs that cannot broadcast over a leading particle dimension are evaluated one
-particle per pass (:func:`probe_particle_mode`).
+particle per pass (:func:`probe_particle_mode`); :func:`summarize_pair` runs the contract's
+check of a pair and then that probe. The estimators evaluation and training's per-epoch
+test ELBO share are in :mod:`pyro_aevb.particles.estimators`.
 """
 
 from .checks import check_sites
@@ -51,6 +53,7 @@ from .engine import (
     trace_particles,
 )
 from .importance import LOOP_ADVICE, importance_terms, probe_particle_mode
+from .summary import summarize_pair
 
 __all__ = [
     "LOOP_ADVICE",
@@ -64,5 +67,6 @@ __all__ = [
     "log_prob_per_datapoint",
     "particle_dim",
     "probe_particle_mode",
+    "summarize_pair",
     "trace_particles",
 ]

@@ -134,7 +134,7 @@ def train_pair(model, guide, train, test, settings: FitSettings, strategy) -> Fi
             model, guide, data.test_fields, seed=s.data.seed, patience=s.loop.patience,
             history_metrics=s.loop.history_metrics,
             record_phase=not isinstance(s.loop.schedule, JointSchedule),
-            record_kl_weight=s.objective.kl_annealing is not None,
+            record_kl_weight=s.objective.kl_annealing is not None, summary=summary,
         )  # fmt: skip
         hooks = StepCountHooks(model, guide)
         s.placement.check_step_hooks(hooks.hooks)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pyro
 import torch
 
-from ..evaluation import elbo_per_datapoint, exact_log_evidence
+from ..contract import PairSummary
+from ..particles.estimators import elbo_per_datapoint, exact_log_evidence
 
 HISTORY_NAME = "history.csv"
 
@@ -64,6 +65,10 @@ class History:
     :param seed: the seed of the test ELBO's draws (the same draws in every row).
     :param patience: stop after this many epochs without a better test ELBO.
     :param history_metrics: ``f(model, guide, test_fields) -> dict`` for every row.
+    :param summary: the pair's check as ``fit`` computed it
+        (:func:`~pyro_aevb.particles.summarize_pair`): the per-epoch test ELBO uses it
+        instead of checking the pair again on the test set every row (and so honours
+        ``fit``'s ``check_support=False``).
     """
 
     def __init__(
@@ -77,8 +82,10 @@ class History:
         history_metrics: Callable[..., dict] | None = None,
         record_phase: bool = False,
         record_kl_weight: bool = False,
+        summary: PairSummary | None = None,
     ):
         self.model, self.guide, self.test_fields = model, guide, test_fields
+        self.summary = summary
         self.seed, self.patience, self.history_metrics = seed, patience, history_metrics
         self.record_phase, self.record_kl_weight = record_phase, record_kl_weight
         self.rows: list[dict] = []
@@ -106,7 +113,9 @@ class History:
         if self.record_kl_weight:
             row["kl_weight"] = kl_weight
         if self.test_fields is not None:
-            test_elbo = elbo_per_datapoint(self.model, self.guide, self.test_fields, seed=self.seed)
+            test_elbo = elbo_per_datapoint(
+                self.model, self.guide, self.test_fields, seed=self.seed, summary=self.summary
+            )
             row["test_elbo"] = float(test_elbo.mean())
             evidence = exact_log_evidence(self.model, self.test_fields)
             if evidence is not None:

@@ -1,6 +1,7 @@
 """The contract check of a pair before its first training step.
 
-:func:`check_training_pair` runs :func:`~pyro_aevb.contract.check_pair` on the first
+:func:`check_training_pair` runs :func:`~pyro_aevb.particles.summarize_pair` (the
+contract's checks and evaluation's particle probe) on the first
 batch (and, for a semi-supervised data set, on the first unlabeled batch too), turns
 invalid distribution parameters into a :class:`~pyro_aevb.contract.ContractError` that
 names the site, advises on the objective, and checks the training and test values
@@ -15,11 +16,12 @@ from ..contract import (
     ContractError,
     PairSummary,
     check_data_support,
-    check_pair,
+    check_test_evaluation,
     merge_summaries,
     objective_advice,
     warn_once,
 )
+from ..particles import summarize_pair
 from ..plate import full_data_size
 from .data_plan import TrainingData
 from .settings import ObjectiveSettings
@@ -39,7 +41,7 @@ def check_training_pair(
     try:
         with full_data_size(data.num_train), pyro.validation_enabled(True):
             # the check draws evaluation's particles too (PairSummary.particle_mode)
-            summary = check_pair(
+            summary = summarize_pair(
                 model,
                 guide,
                 data.first_batch(),
@@ -47,7 +49,7 @@ def check_training_pair(
                 check_support=check_support,
             )
             if data.mixes_labels:  # a semi-supervised data set: the unlabeled batches too
-                unlabeled = check_pair(
+                unlabeled = summarize_pair(
                     model,
                     guide,
                     data.first_batch(unlabeled=True),
@@ -68,4 +70,5 @@ def check_training_pair(
     check_data_support(summary, data.preview)
     if data.test_fields is not None:
         check_data_support(summary, data.test_fields)
+        check_test_evaluation(summary)
     return summary
