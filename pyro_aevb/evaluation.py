@@ -19,7 +19,7 @@ log-density is summed over every other dimension. Then
   :math:`\log \frac1K \sum_k w_k`;
 * the effective sample size is :math:`1 / \sum_k \bar w_k^2` with normalized weights;
 * :math:`\hat k` is the shape of a generalized Pareto fit to the largest weights
-  (PSIS, Vehtari et al., 2024, through ArviZ); above 0.7 the estimate is unreliable.
+  (PSIS, Vehtari et al., 2024, :mod:`pyro_aevb.psis`); above 0.7 the estimate is unreliable.
 
 A model latent site that the guide does not sample is drawn from its prior, which
 then is part of the proposal, so its log-density cancels from the weight: the
@@ -29,7 +29,6 @@ estimator stays unbiased for :math:`p(x)`, if noisier.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -44,6 +43,7 @@ from .data.transforms import Transform
 from .estimates import BOUND_SLACK_SE, Evaluation, ImplausibleEstimateError, ImportanceEstimate
 from .memory import available_memory_bytes, check_memory, evaluation_memory_bytes
 from .particles import LOOP_ADVICE, importance_terms, probe_particle_mode
+from .psis import pareto_k_hat, warn_if_unreliable
 
 #: moved to their own modules; importable from here as before
 __all__ = [
@@ -102,17 +102,6 @@ def _to(value, device):
     return value.to(device) if hasattr(value, "to") and device is not None else value
 
 
-def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
-    """PSIS :math:`\\hat k` per row of ``log_weights`` ``(B, K)`` through ArviZ."""
-    import arviz
-
-    with warnings.catch_warnings():
-        # ArviZ warns when k-hat is large; we report k-hat itself instead.
-        warnings.simplefilter("ignore")
-        _, k_hat = arviz.psislw(log_weights.astype(np.float64), reff=1.0)
-    return np.asarray(k_hat, dtype=np.float64).reshape(-1)
-
-
 def _positive_int(value, name: str) -> int:
     """``value`` as an ``int`` >= 1, or a ``ValueError`` naming ``name`` (bools,
     floats with a fraction and strings are refused, not truncated)."""
@@ -157,7 +146,7 @@ def importance_log_likelihood(
         that is about 0.2 GB (measured: peak resident memory +207 MB). All K
         weights of one batch (``K * batch_size`` floats, 2 MB for K = 5000) are
         kept for the ESS and PSIS.
-    :param pareto: also compute PSIS :math:`\hat k` (ArviZ), when ``K >= 100``.
+    :param pareto: also compute PSIS :math:`\hat k` (:mod:`pyro_aevb.psis`), when ``K >= 100``.
     :param seed: seed of a private RNG stream (``None``: use the global one).
     :param progress: show a tqdm bar over the batches of data points.
     :returns: an :class:`ImportanceEstimate`; its means over data points are the
@@ -382,7 +371,7 @@ def evaluate(
             evaluation,
             problems,
         )
-    return evaluation
+    return warn_if_unreliable(evaluation)  # k-hat flags most points: say what to do
 
 
 def __getattr__(name):
