@@ -15,11 +15,14 @@ on :math:`k` (:func:`pyro.ops.stats.fit_generalized_pareto`); the weights are sc
 their largest one first (``k`` is scale-free). This is what ArviZ's ``psislw`` computes
 (``reff = 1``), without ArviZ, xarray and pandas.
 
-**Advice.** When :math:`\hat k` flags most points, more particles shrink the problem only
-as far as the effective sample size grows: the ESS of ``K`` self-normalized weights grows
-about linearly in ``K`` while the tail index stays, so :func:`particles_for_ess` gives the
-``K`` at which the mean ESS would reach a target. Annealed importance sampling
-(``pyro-aevb evaluate RUN_DIR --method ais``) does not rely on the guide's tail at all.
+**Advice.** When :math:`\hat k` flags most points, more particles help only where the
+tail allows: the ESS of ``K`` self-normalized weights grows in proportion to ``K`` only for
+finite-variance weights (:math:`k < 1/2`), and Vehtari et al. trust :math:`\hat k` only
+below :math:`1 - 1/\log_{10} S`, so a tail index :math:`k < 1` needs about
+:math:`10^{1/(1-k)}` draws (:func:`particles_for_khat`). :func:`khat_advice` names the
+number of particles when it is within reach and otherwise says that a better guide or
+annealed importance sampling (``pyro-aevb evaluate RUN_DIR --method ais``, which does not
+depend on the guide's tails) is the way.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ KHAT_THRESHOLD = 0.7
 MIN_TAIL = 5
 #: the mean ESS :func:`khat_advice` aims for when it suggests a number of particles
 TARGET_ESS = 100.0
+#: the most particles :func:`khat_advice` suggests; beyond, it says more will not do
+MAX_ADVISED_PARTICLES = 100_000
 
 
 def tail_size(num_samples: int) -> int:
@@ -93,20 +98,37 @@ def particles_for_ess(num_particles: int, ess_mean: float, target: float = TARGE
     return max(int(num_particles), int(math.ceil(num_particles * target / ess_mean)))
 
 
+def particles_for_khat(k_hat: float) -> float:
+    r"""Draws needed before a tail index :math:`k < 1` stops flagging: Vehtari et al.
+    (2024) trust :math:`\hat k` below :math:`1 - 1 / \log_{10} S`, so
+    :math:`S > 10^{1 / (1 - k)}` (about 2,150 for 0.7, 100,000 for 0.8, :math:`10^{10}`
+    for 0.9); ``inf`` for :math:`k \ge 1`, where no number of draws does."""
+    return math.inf if not k_hat < 1 else 10.0 ** (1.0 / (1.0 - k_hat))
+
+
 def khat_advice(metrics: dict, run_dir: str | None = None) -> str | None:
     r"""What to do when :math:`\hat k` flags most test points of an evaluation, from its
     metrics (``pareto_k_mean``, ``pareto_k_fraction_above_0.7``, ``ess_mean``,
     ``log_likelihood_particles``), or ``None`` when fewer than half are flagged.
 
-    :param run_dir: the run directory, to name the exact AIS command; without it the
-        Python route (``evaluate(..., method="ais")``) is named.
+    More particles: the ESS asks for :func:`particles_for_ess`, the tail for
+    :func:`particles_for_khat` at the mean :math:`\hat k`; the advice names the larger
+    when it is within :data:`MAX_ADVISED_PARTICLES`, and otherwise says that more
+    particles will not do (the ESS grows far more slowly than ``K`` for such tails).
+
+    :param run_dir: the run directory, to name the exact commands; without it the Python
+        route (``evaluate(..., num_particles=...)``, ``method="ais"``) is named.
     """
     fraction = metrics.get("pareto_k_fraction_above_0.7")
     if fraction is None or not fraction > 0.5:
         return None
-    k = int(metrics["log_likelihood_particles"])
-    ess = float(metrics["ess_mean"])
-    more = particles_for_ess(k, ess)
+    k, ess, k_hat = (
+        int(metrics["log_likelihood_particles"]),
+        float(metrics["ess_mean"]),
+        float(metrics["pareto_k_mean"]),
+    )
+    by_ess, by_tail = particles_for_ess(k, ess), particles_for_khat(k_hat)
+    more = max(by_ess, math.ceil(by_tail)) if by_tail <= MAX_ADVISED_PARTICLES else None
     if run_dir is not None:
         where = shlex.quote(str(run_dir))
         particles = f"pyro-aevb evaluate {where} --particles {more}"
@@ -114,22 +136,28 @@ def khat_advice(metrics: dict, run_dir: str | None = None) -> str | None:
     else:
         particles = f"evaluate(..., num_particles={more})"
         ais = 'evaluate(..., method="ais")'
+    if more is not None:
+        step = (
+            f"(1) more particles: about K = {more} (the mean ESS {ess:.1f} of K = {k} asks "
+            f"for {by_ess} to reach {TARGET_ESS:.0f}; a mean k-hat of {k_hat:.2f} needs "
+            f"{by_tail:,.0f} draws to be trusted): {particles}, then recheck k-hat; "
+        )
+    else:
+        step = (
+            f"(1) more particles will not make it reliable: the mean ESS {ess:.1f} of K = {k} "
+            f"would ask for K = {by_ess} if it grew in proportion to K, but with a mean k-hat "
+            f"of {k_hat:.2f} it grows far more slowly (reliable importance sampling needs "
+            "about 10^(1/(1 - k)) draws for k < 1, and no number for k >= 1); a guide closer "
+            "to the posterior (more epochs, or an importance-weighted objective) usually lowers "
+            "k-hat; "
+        )
     return (
         f"k-hat exceeds {KHAT_THRESHOLD} for most test points ({100 * fraction:.0f}%, mean "
-        f"k-hat {metrics['pareto_k_mean']:.2f}): the importance weights are too heavy-tailed, "
-        "so the log-likelihood is an unreliable lower bound that may lie far below log p(x). "
-        + (
-            f"Next steps: (1) more particles: the mean ESS is {ess:.1f} of K = {k}, so about "
-            f"K = {more} would reach an ESS of {TARGET_ESS:.0f} ({particles}; recheck k-hat, "
-            "heavy tails grow the ESS more slowly); "
-            if more > k
-            else f"Next steps: (1) more particles help little here: the mean ESS ({ess:.1f} "
-            f"of K = {k}) already reaches {TARGET_ESS:.0f}, so a few dominant weights per "
-            "flagged point are at fault; "
-        )
-        + "(2) annealed importance sampling, which "
-        f"does not depend on the guide's tails: {ais} (a stochastic lower bound too, "
-        "tighter as its annealing steps grow)."
+        f"k-hat {k_hat:.2f}): the importance weights are too heavy-tailed, so the "
+        "log-likelihood is an unreliable lower bound that may lie far below log p(x). "
+        f"Next steps: {step}(2) annealed importance sampling, which does not depend on the "
+        f"guide's tails: {ais} (a stochastic lower bound too, tighter as its annealing "
+        "steps grow)."
     )
 
 
@@ -151,11 +179,13 @@ def warn_if_unreliable(result, run_dir: str | None = None):
 
 __all__ = [
     "KHAT_THRESHOLD",
+    "MAX_ADVISED_PARTICLES",
     "TARGET_ESS",
     "UnreliableEstimateWarning",
     "khat_advice",
     "pareto_k_hat",
     "particles_for_ess",
+    "particles_for_khat",
     "tail_size",
     "warn_if_unreliable",
 ]

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -556,7 +557,8 @@ def test_bdmc_refuses_bounds_crossed_far_beyond_their_noise():
     """A model whose sampler ignores z: the reverse chains start from draws that are not
     posterior draws for the simulated x, and the "upper" bound falls below the lower one.
     With 160 points that is far beyond the noise: an error naming the next step, with the
-    numbers attached; with 40 points and T = 2 it is a warning; check=False returns it."""
+    numbers attached; with 40 points and T = 2 it is a warning, and following its advice
+    (T = 8) the bounds no longer cross; check=False returns a crossed result as it is."""
     from pyro_aevb.ais import CrossedBoundsError, CrossedBoundsWarning
 
     with pytest.raises(CrossedBoundsError, match="num_steps=4 ") as caught:
@@ -565,6 +567,9 @@ def test_bdmc_refuses_bounds_crossed_far_beyond_their_noise():
     assert "--ais-steps 4" in str(caught.value) and "log_prob" in str(caught.value)
     with pytest.warns(CrossedBoundsWarning, match="num_steps=8"):
         _bdmc_linear(True, 40, 2)
+    with warnings.catch_warnings():  # the advice followed: 4x the steps, no crossing
+        warnings.simplefilter("error", CrossedBoundsWarning)
+        assert _bdmc_linear(True, 40, 8).crossed_se == 0.0
     unchecked = _bdmc_linear(True, 160, 1, check=False)
     assert unchecked.metrics()["bdmc_crossed_se"] > 3
 

@@ -238,68 +238,87 @@ def _flagged_metrics(**changes):
     return {**metrics, **changes}
 
 
-def test_particles_for_ess_scales_k_by_the_ess_shortfall():
-    from pyro_aevb.psis import particles_for_ess
+def test_particles_for_ess_and_for_khat():
+    from pyro_aevb.psis import particles_for_ess, particles_for_khat
 
     assert particles_for_ess(1000, 12.5) == 8000  # 1000 * 100 / 12.5
     assert particles_for_ess(1000, 3.0) == 33334  # rounded up
     assert particles_for_ess(100, 250.0) == 100  # never fewer than used
     with pytest.raises(ValueError, match="ess_mean"):
         particles_for_ess(100, 0.0)
+    # k < 1 - 1/log10(S)  <=>  S > 10^(1/(1-k))
+    assert particles_for_khat(0.7) == pytest.approx(10 ** (10 / 3))
+    assert particles_for_khat(0.8) == pytest.approx(1e5)
+    assert math.isinf(particles_for_khat(1.0)) and math.isinf(particles_for_khat(1.3))
 
 
 def test_the_khat_advice_names_the_commands_and_they_parse():
-    """The newcomer's case (k-hat mean 1.30, 96% above 0.7): the summary line says how
-    many particles the ESS asks for and the exact commands, and the CLI accepts both."""
+    """The newcomer's case (k-hat mean 1.30, 96% above 0.7, ESS 12.5 of 1000): more
+    particles cannot help, and the line says so, with the AIS command; a milder case
+    (mean k-hat 0.72, ESS 40) gets the number of particles and its command. The CLI
+    accepts every command the advice names."""
     import shlex
 
     from pyro_aevb.cli.messages import _summary
     from pyro_aevb.cli.parser import build_parser
     from pyro_aevb.psis import khat_advice
 
-    metrics = _flagged_metrics(
+    base = dict(
         test_elbo=-100.0,
         test_elbo_se=1.0,
         test_log_likelihood=-95.0,
         test_log_likelihood_se=1.0,
         num_test_points=10,
     )
-    text = _summary(metrics, None, "runs/my run")
-    line = next(line for line in text.splitlines() if line.startswith("WARNING: k-hat"))
-    assert "ESS is 12.5 of K = 1000, so about K = 8000" in line
-    commands = ["pyro-aevb evaluate 'runs/my run' --particles 8000"]
-    commands.append("pyro-aevb evaluate 'runs/my run' --method ais")
-    for command in commands:
-        assert command in line
+
+    def warning_line(metrics):
+        text = _summary({**base, **metrics}, None, "runs/my run")
+        return next(line for line in text.splitlines() if line.startswith("WARNING: k-hat"))
+
+    def parse(command):
+        assert command.startswith("pyro-aevb ")
         args = build_parser().parse_args(shlex.split(command)[1:])
         assert args.run_dir == "runs/my run"
-    assert build_parser().parse_args(shlex.split(commands[0])[1:]).particles == 8000
-    assert build_parser().parse_args(shlex.split(commands[1])[1:]).method == "ais"
-    calm = dict(metrics, **{"pareto_k_fraction_above_0.7": 0.3})
+        return args
+
+    line = warning_line(_flagged_metrics())
+    assert "more particles will not make it reliable" in line and "K = 8000 if it grew" in line
+    assert "--particles" not in line
+    ais = "pyro-aevb evaluate 'runs/my run' --method ais"
+    assert ais in line and parse(ais).method == "ais"
+    line = warning_line(_flagged_metrics(pareto_k_mean=0.72, ess_mean=40.0))
+    assert "about K = 3728" in line  # 10^(1/0.28) draws; the ESS alone asks for 2500
+    more = "pyro-aevb evaluate 'runs/my run' --particles 3728"
+    assert more in line and parse(more).particles == 3728 and ais in line
+    calm = {**base, **_flagged_metrics(), "pareto_k_fraction_above_0.7": 0.3}
     assert "WARNING" not in _summary(calm, None, "runs/x")
-    python = khat_advice(_flagged_metrics())
-    assert "evaluate(..., num_particles=8000)" in python and 'method="ais"' in python
-    enough = khat_advice(_flagged_metrics(ess_mean=400.0))
-    assert "more particles help little" in enough
+    python = khat_advice(_flagged_metrics(pareto_k_mean=0.72, ess_mean=40.0))
+    assert "evaluate(..., num_particles=3728)" in python and 'method="ais"' in python
 
 
 def test_evaluate_warns_with_the_advice_when_khat_flags_most_points(linear_gaussian):
-    """A guide far narrower than the posterior and off its mean: heavy-tailed weights,
-    k-hat above 0.7 for most points, and evaluate says what to do; the exact posterior
-    guide gets no such warning from a correct model (its weights are all p(x))."""
+    """A guide far narrower than the posterior and off its mean: k-hat above 1 for most
+    points, and evaluate says what to do. That more particles will not do is checked: at
+    the K the ESS alone would ask for (about 27 times more), the ESS grows less than 4
+    times. A guide wider than the posterior gets no warning."""
     import warnings
 
     from pyro_aevb import evaluate
-    from pyro_aevb.psis import UnreliableEstimateWarning
+    from pyro_aevb.psis import UnreliableEstimateWarning, particles_for_ess
     from tests.conftest import GaussianGuide
 
     model, x = linear_gaussian
     poor = GaussianGuide(model, shift=1.5, scale_factor=0.3)
-    with pytest.warns(UnreliableEstimateWarning, match="num_particles=") as caught:
-        result = evaluate(model, poor, {"x": x}, num_particles=200)
-    metrics = result.metrics()
-    assert metrics["pareto_k_fraction_above_0.7"] > 0.5
-    assert f"ESS is {metrics['ess_mean']:.1f} of K = 200" in str(caught[0].message)
+    with pytest.warns(UnreliableEstimateWarning, match="will not make it reliable") as caught:
+        metrics = evaluate(model, poor, {"x": x}, num_particles=200).metrics()
+    assert metrics["pareto_k_fraction_above_0.7"] > 0.5 and metrics["pareto_k_mean"] > 1
+    assert f"mean ESS {metrics['ess_mean']:.1f} of K = 200" in str(caught[0].message)
+    by_ess = particles_for_ess(200, metrics["ess_mean"])
+    assert by_ess > 20 * 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableEstimateWarning)
+        more = evaluate(model, poor, {"x": x}, num_particles=by_ess).metrics()
+    assert more["ess_mean"] < 4 * metrics["ess_mean"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnreliableEstimateWarning)
         wide = GaussianGuide(model, scale_factor=1.5)  # lighter-tailed weights than p

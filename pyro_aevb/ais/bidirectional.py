@@ -8,13 +8,13 @@ the model bracket :math:`\log p(x)` (see :mod:`pyro_aevb.ais`); nats per data po
 error over the points (:attr:`BDMCEstimate.gap_se`). :func:`check_bracket` warns
 (:class:`CrossedBoundsWarning`) when :math:`\bar g < -\mathrm{se}`, and refuses the
 result (:class:`CrossedBoundsError`) when :math:`\bar g < -3\,\mathrm{se}`
-(:data:`CROSSED_ERROR_SE`), which noise does with probability about 0.1%. Beyond the
-noise a crossing has one of three causes: step sizes adapted with few chains (the
-estimator is unbiased only as ``C`` grows), per-point weights so heavy-tailed that their
-mean over the points has not settled (both shrink as the annealing steps grow: the advice
-is :data:`MORE_STEPS_FACTOR` times the steps), or a model whose distributions do not
-sample what their ``log_prob`` scores (the simulated data then do not come from the
-density the bounds use)."""
+(:data:`CROSSED_ERROR_SE`), which noise does less than 0.2% of the time (one-sided
+normal tail). Beyond the noise a crossing has one of three causes: step sizes adapted
+with few chains (the estimator is unbiased only as ``C`` grows), per-point weights so
+heavy-tailed that their mean over the points has not settled (both shrink as the
+annealing steps grow: the advice is :data:`MORE_STEPS_FACTOR` times the steps), or a
+model whose distributions do not sample what their ``log_prob`` scores (the simulated
+data then do not come from the density the bounds use)."""
 
 from __future__ import annotations
 
@@ -288,8 +288,11 @@ def crossed_advice(gap: float, se: float, num_steps: int) -> str | None:
         f"BDMC's bounds crossed: the upper bound (reverse AIS) lies {-gap:.3g} nats per "
         f"data point below the lower bound (forward AIS), {z:.1f} standard errors "
         f"(+- {se:.3g}), which two stochastic bounds of the same log p(x) do "
-        + ("with probability about 0.1% by chance: this is not a result. " if far else "")
-        + ("only by chance. " if not far else "")
+        + (
+            "by chance less than 0.2% of the time: this is not a result. "
+            if far
+            else "by chance less than 16% of the time. "
+        )
         + f"With T = {num_steps} annealing steps the chains have not settled: rerun with "
         f"{MORE_STEPS_FACTOR}x the steps, num_steps={more} (on the command line "
         f"--ais-steps {more}), and more chains if the HMC acceptance is low"
