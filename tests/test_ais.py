@@ -587,3 +587,15 @@ def test_the_bdmc_summary_names_a_crossed_bracket_and_the_next_step():
     assert "WARNING: at T = 1 (the figure) the bounds crossed by 2.9 standard errors" in text
     calm = _bdmc_linear(False, 40, 2).metrics()
     assert "WARNING" not in bdmc_summary(calm)
+
+
+def test_the_old_kernel_module_still_imports_with_a_warning():
+    """pyro_aevb.hmc moved into the package as pyro_aevb.ais.kernel (issue 19)."""
+    import importlib
+
+    from pyro_aevb.ais import kernel
+
+    old = importlib.import_module("pyro_aevb.hmc")
+    for name in ("AnnealedPoint", "hmc_transition"):
+        with pytest.warns(FutureWarning, match=f"use pyro_aevb.ais.kernel.{name}"):
+            assert getattr(old, name) is getattr(kernel, name)
