@@ -38,8 +38,9 @@ A trajectory that leaves the region where the densities are finite is rejected.
   :math:`\log f_0` and :math:`\log f_1` apart, which the AIS weight increment at the next
   temperature needs (one density evaluation serves every :math:`\beta` here through
   :class:`AnnealedPoint`). Using it would cost a second density evaluation per transition,
-  or a side channel around its return value, and its two half kicks between position
-  steps round differently from the full kick used here, so every number would change. Its
+  or a side channel around its return value; and its two half kicks between position
+  steps round differently from the one full kick used here, so the log-weights would
+  change at round-off (and, through rare flipped accept decisions, beyond it). Its
   ``potential_grad`` also sets ``requires_grad`` on the caller's tensors in place.
   The leapfrog below is the same integrator, written for :class:`AnnealedPoint`.
 * The potential functions of ``pyro.infer.mcmc.util.initialize_model`` sum the log-density
