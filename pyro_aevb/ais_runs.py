@@ -184,7 +184,9 @@ def evaluate_ais(args) -> dict:
                 _row(est.log_likelihood, None, time.perf_counter() - t0, particles=k, evaluations=k)
             )
         comparison["ais"].sort(key=lambda r: r["steps"])
-        _figure_ais_vs_iwae(
+        from .ais_plots import figure_ais_vs_iwae
+
+        figure_ais_vs_iwae(
             comparison, result.log_evidence, args.points, Path(args.run_dir) / "ais_vs_iwae.png"
         )
     metrics["ais_comparison"] = comparison
@@ -258,8 +260,19 @@ def run_bdmc(args) -> dict:
     if not args.no_figure:
         for t in steps:
             rows.append(
+                # the figure's other T values: a crossed bracket is drawn and named in the
+                # summary (check=False), the requested T alone is refused when crossed
                 _bdmc_row(
-                    bdmc(model, guide, template, num_steps=t, seed=seed, progress=None, **settings)
+                    bdmc(
+                        model,
+                        guide,
+                        template,
+                        num_steps=t,
+                        seed=seed,
+                        progress=None,
+                        check=False,
+                        **settings,
+                    )
                 )
             )
         for k in args.compare_particles:
@@ -269,7 +282,9 @@ def run_bdmc(args) -> dict:
                 _row(est.log_likelihood, None, time.perf_counter() - t0, particles=k, evaluations=k)
             )
         rows.sort(key=lambda r: r["steps"])
-        _figure_bdmc(rows, iwae, result.log_evidence, args.points, Path(args.run_dir) / "bdmc.png")
+        from .ais_plots import figure_bdmc
+
+        figure_bdmc(rows, iwae, result.log_evidence, args.points, Path(args.run_dir) / "bdmc.png")
     out["bdmc_by_steps"] = rows
     out["iwae_on_simulated"] = iwae
     save_json(out, Path(args.run_dir) / "bdmc.json")
@@ -286,70 +301,9 @@ def _bdmc_row(result) -> dict:
         "upper": float(result.upper.mean()),
         "gap": float(result.gap.mean()),
         "gap_max": float(result.gap.max()),
+        "crossed_se": result.crossed_se,
         "seconds": result.seconds,
     }
-
-
-def _figure_ais_vs_iwae(comparison, log_evidence, points, path) -> None:
-    import matplotlib.pyplot as plt
-
-    from .plots import save
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows, label in (
-        ("iwae", comparison["iwae"], lambda r: f"K={r['particles']}"),
-        ("ais", comparison["ais"], lambda r: f"T={r['steps']}"),
-    ):
-        if not rows:
-            continue
-        xs = [r["evaluations"] for r in rows]
-        ys = [r["log_likelihood"] for r in rows]
-        ax.plot(xs, ys, "o-", label="IWAE" if name == "iwae" else "AIS")
-        for r, x, y in zip(rows, xs, ys, strict=True):
-            ax.annotate(label(r), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    if log_evidence is not None:
-        ax.axhline(float(log_evidence.mean()), color="k", ls="--", label="exact log p(x)")
-    ax.set_xscale("log")
-    ax.set_xlabel("likelihood evaluations per data point")
-    ax.set_ylabel("mean log p(x) estimate (nats)")
-    ax.set_title(f"IWAE vs AIS on the same {points} test points")
-    ax.legend()
-    save(fig, path)
-
-
-def _figure_bdmc(rows, iwae, log_evidence, points, path) -> None:
-    import matplotlib.pyplot as plt
-
-    from .plots import save
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [r["evaluations"] for r in rows]
-    ax.plot(xs, [r["lower"] for r in rows], "o-", label="forward AIS (lower)")
-    ax.plot(xs, [r["upper"] for r in rows], "s-", label="reverse AIS (upper)")
-    ax.fill_between(xs, [r["lower"] for r in rows], [r["upper"] for r in rows], alpha=0.15)
-    for r, x in zip(rows, xs, strict=True):
-        ax.annotate(
-            f"T={r['steps']}",
-            (x, r["upper"]),
-            textcoords="offset points",
-            xytext=(3, 4),
-            fontsize=7,
-        )
-    if iwae:
-        ax.plot(
-            [r["evaluations"] for r in iwae],
-            [r["log_likelihood"] for r in iwae],
-            "^-",
-            label="IWAE",
-        )
-    if log_evidence is not None:
-        ax.axhline(float(log_evidence.mean()), color="k", ls="--", label="exact log p(x)")
-    ax.set_xscale("log")
-    ax.set_xlabel("likelihood evaluations per data point")
-    ax.set_ylabel("mean log p(x) (nats)")
-    ax.set_title(f"BDMC bracket on {points} points simulated from the model")
-    ax.legend()
-    save(fig, path)
 
 
 def ais_summary(metrics: dict) -> str:
@@ -383,7 +337,28 @@ def bdmc_summary(out: dict) -> str:
     ]
     if "bdmc_log_evidence" in out:
         lines.append(f"  exact log p(x)       {out['bdmc_log_evidence']:9.3f} nats")
+    lines += _crossed_lines(out)
     return "\n".join(lines)
+
+
+def _crossed_lines(out: dict) -> list[str]:
+    """A WARNING line for a bracket crossed beyond its standard error (the requested T,
+    then each T of the figure), with the next step."""
+    from .ais import crossed_advice
+
+    lines = []
+    crossed = out.get("bdmc_crossed_se", 0.0)
+    if crossed > 1:
+        gap = out["bdmc_gap"]
+        lines.append("WARNING: " + crossed_advice(gap, -gap / crossed, out["bdmc_steps"]))
+    for row in out.get("bdmc_by_steps", []):
+        if row["steps"] != out["bdmc_steps"] and row.get("crossed_se", 0.0) > 1:
+            lines.append(
+                f"WARNING: at T = {row['steps']} (the figure) the bounds crossed by "
+                f"{row['crossed_se']:.1f} standard errors (gap {row['gap']:.3f} nats): that T "
+                f"is too few for this model; the figure shows it as computed."
+            )
+    return lines
 
 
 def run_command(args) -> str:

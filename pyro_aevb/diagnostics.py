@@ -16,6 +16,11 @@ compare the two (Ranganath et al., 2014; Kingma & Welling, 2014).
 
 References: Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh (2018), Tighter
 variational bounds are not necessarily better.
+
+The PSIS :math:`\hat k` of importance weights (:func:`pareto_k_hat`) and the advice when
+it flags an evaluation (:func:`khat_advice`) live in :mod:`pyro_aevb.psis`, importable from
+here too; that module imports nothing of the library, so that the estimators of
+:mod:`pyro_aevb.evaluation` can use it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 
 from .contract import call_arguments
+from .psis import khat_advice, pareto_k_hat, particles_for_ess  # noqa: F401 (PSIS lives there)
 
 
 @dataclass

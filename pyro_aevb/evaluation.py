@@ -19,7 +19,7 @@ log-density is summed over every other dimension. Then
   :math:`\log \frac1K \sum_k w_k`;
 * the effective sample size is :math:`1 / \sum_k \bar w_k^2` with normalized weights;
 * :math:`\hat k` is the shape of a generalized Pareto fit to the largest weights
-  (PSIS, Vehtari et al., 2024, through ArviZ); above 0.7 the estimate is unreliable.
+  (PSIS, Vehtari et al., 2024, :mod:`pyro_aevb.psis`); above 0.7 the estimate is unreliable.
 
 A model latent site that the guide does not sample is drawn from its prior, which
 then is part of the proposal, so its log-density cancels from the weight: the

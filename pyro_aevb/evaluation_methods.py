@@ -20,6 +20,7 @@ from .data.transforms import Transform
 from .estimates import Evaluation
 from .evaluation import check_evaluation_arguments, prepare_evaluation_data
 from .evaluation import evaluate as importance_evaluation
+from .psis import warn_if_unreliable
 
 #: the estimators :func:`evaluate` can run, by ``method=``
 METHODS = ("importance", "ais")
@@ -66,10 +67,11 @@ def evaluate(
     if ais_options and method != "ais":
         raise TypeError(f"options {sorted(ais_options)} apply to method='ais' only")
     if method == "importance":
-        return importance_evaluation(
+        evaluation = importance_evaluation(
             model, guide, data, transform, num_particles, elbo_particles, batch_size, device,
             seed, pareto, check, progress, summary=summary, check_support=check_support,
         )  # fmt: skip
+        return warn_if_unreliable(evaluation)  # k-hat flags most points: say what to do
     if not check_support:
         raise ValueError(
             "check_support=False applies to method='importance'; for method='ais' set "

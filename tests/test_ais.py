@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -14,8 +15,8 @@ from torch.nn import functional as F
 
 from pyro_aevb import ais_log_likelihood, bdmc, data_plate, evaluate
 from pyro_aevb.ais import sigmoid_schedule
+from pyro_aevb.ais.kernel import AnnealedPoint, hmc_transition
 from pyro_aevb.cli import main
-from pyro_aevb.hmc import AnnealedPoint, hmc_transition
 from tests.conftest import GaussianGuide
 
 # few leapfrog steps keep each test to seconds: Pyro's per-trace overhead dominates
@@ -467,3 +468,134 @@ def test_num_threads_holds_during_the_run_only_and_leaves_the_numbers_unchanged(
     torch.testing.assert_close(one.log_weights, default.log_weights, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="num_threads"):
         bdmc(model, guide, {"x": x}, num_steps=3, num_chains=2, num_threads=0, **FAST)
+
+
+# -- crossed BDMC brackets (issue 23) ------------------------------------------------------
+
+
+class _LocIgnoringNormal(dist.Normal):
+    """Scores N(loc, scale) but draws from N(0, scale): a sampler that disagrees with its
+    log_prob, so BDMC's simulated data do not come from the density its bounds use."""
+
+    def rsample(self, sample_shape=()):
+        return super().rsample(sample_shape) - self.loc
+
+    def expand(self, batch_shape, _instance=None):
+        return _LocIgnoringNormal(self.loc.expand(batch_shape), self.scale.expand(batch_shape))
+
+
+class _Linear(nn.Module):
+    """z ~ N(0, I_2), x ~ N(W z, 0.25 I_5); with ``wrong``, x is drawn ignoring z."""
+
+    def __init__(self, wrong: bool):
+        super().__init__()
+        self.W = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        self.wrong = wrong
+
+    def forward(self, x):
+        with data_plate(x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
+            likelihood = _LocIgnoringNormal if self.wrong else dist.Normal
+            pyro.sample("x", likelihood(z @ self.W.T, 0.5).to_event(1), obs=x)
+
+
+class _PriorGuide(nn.Module):
+    def forward(self, x):
+        with data_plate(x):
+            loc = torch.zeros(x.shape[0], 2, dtype=x.dtype)
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+
+def _bdmc_linear(wrong: bool, num_points: int, num_steps: int, **options):
+    template = {"x": torch.zeros(num_points, 5, dtype=torch.float64)}
+    settings = dict(num_chains=4, num_leapfrog=2, step_size=0.2)
+    return bdmc(_Linear(wrong), _PriorGuide(), template, num_steps=num_steps, **settings, **options)
+
+
+def test_the_crossed_bracket_rule_warns_beyond_one_se_and_refuses_beyond_three():
+    """The issue's numbers (gap -0.92 +- 0.50 at T = 100, 1.8 s.e.) warn with 4x the steps
+    as the next step; -0.2 +- 0.5 is noise; -2.0 +- 0.5 (4 s.e.) is refused."""
+    from pyro_aevb.ais import (
+        CrossedBoundsError,
+        CrossedBoundsWarning,
+        check_bracket,
+        crossed_advice,
+    )
+
+    advice = crossed_advice(-0.92, 0.50, 100)
+    assert "1.8 standard errors" in advice and "num_steps=400" in advice
+    assert "--ais-steps 400" in advice and "not a result" not in advice
+    assert crossed_advice(-0.2, 0.5, 100) is None and crossed_advice(0.3, 0.01, 100) is None
+    n = 16
+    spread = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
+    spread = spread / (spread.std() / math.sqrt(n)) * 0.5  # the mean gap's s.e. is 0.5
+    for gap, outcome in ((-0.92, "warn"), (-2.0, "error"), (-0.2, None)):
+        lower = torch.zeros(n, dtype=torch.float64)
+        estimate = _bdmc_linear(False, 2, 2)  # a real result, its bounds replaced
+        estimate.lower, estimate.upper = lower, lower + gap + spread
+        assert estimate.gap_se == pytest.approx(0.5)
+        if outcome == "error":
+            with pytest.raises(CrossedBoundsError, match="not a result") as caught:
+                check_bracket(estimate)
+            assert caught.value.estimate is estimate
+        elif outcome == "warn":
+            with pytest.warns(CrossedBoundsWarning, match="num_steps=8"):
+                check_bracket(estimate)
+        else:
+            check_bracket(estimate)  # no warning: pytest's filter below turns them to errors
+
+
+@pytest.mark.filterwarnings("error::pyro_aevb.ais.CrossedBoundsWarning")
+def test_bdmc_with_few_steps_on_a_correct_model_brackets_without_a_word():
+    """T = 1 and 2 on the linear-Gaussian model: loose but valid bounds, no warning."""
+    for steps in (1, 2):
+        result = _bdmc_linear(False, 40, steps)
+        assert result.crossed_se == 0.0 and float(result.gap.mean()) > 0
+
+
+def test_bdmc_refuses_bounds_crossed_far_beyond_their_noise():
+    """A model whose sampler ignores z: the reverse chains start from draws that are not
+    posterior draws for the simulated x, and the "upper" bound falls below the lower one.
+    With 160 points that is far beyond the noise: an error naming the next step, with the
+    numbers attached; with 40 points and T = 2 it is a warning, and following its advice
+    (T = 8) the bounds no longer cross; check=False returns a crossed result as it is."""
+    from pyro_aevb.ais import CrossedBoundsError, CrossedBoundsWarning
+
+    with pytest.raises(CrossedBoundsError, match="num_steps=4 ") as caught:
+        _bdmc_linear(True, 160, 1)
+    assert caught.value.estimate.crossed_se > 3
+    assert "--ais-steps 4" in str(caught.value) and "log_prob" in str(caught.value)
+    with pytest.warns(CrossedBoundsWarning, match="num_steps=8"):
+        _bdmc_linear(True, 40, 2)
+    with warnings.catch_warnings():  # the advice followed: 4x the steps, no crossing
+        warnings.simplefilter("error", CrossedBoundsWarning)
+        assert _bdmc_linear(True, 40, 8).crossed_se == 0.0
+    unchecked = _bdmc_linear(True, 160, 1, check=False)
+    assert unchecked.metrics()["bdmc_crossed_se"] > 3
+
+
+def test_the_bdmc_summary_names_a_crossed_bracket_and_the_next_step():
+    from pyro_aevb.ais_runs import bdmc_summary
+
+    metrics = _bdmc_linear(True, 40, 2, check=False).metrics()
+    metrics["bdmc_by_steps"] = [
+        {"steps": 2, "gap": metrics["bdmc_gap"], "crossed_se": metrics["bdmc_crossed_se"]},
+        {"steps": 1, "gap": -4.1, "crossed_se": 2.9},
+    ]
+    text = bdmc_summary(metrics)
+    assert "WARNING: BDMC's bounds crossed" in text and "--ais-steps 8" in text
+    assert "WARNING: at T = 1 (the figure) the bounds crossed by 2.9 standard errors" in text
+    calm = _bdmc_linear(False, 40, 2).metrics()
+    assert "WARNING" not in bdmc_summary(calm)
+
+
+def test_the_old_kernel_module_still_imports_with_a_warning():
+    """pyro_aevb.hmc moved into the package as pyro_aevb.ais.kernel (issue 19)."""
+    import importlib
+
+    from pyro_aevb.ais import kernel
+
+    old = importlib.import_module("pyro_aevb.hmc")
+    for name in ("AnnealedPoint", "hmc_transition"):
+        with pytest.warns(FutureWarning, match=f"use pyro_aevb.ais.kernel.{name}"):
+            assert getattr(old, name) is getattr(kernel, name)

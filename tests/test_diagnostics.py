@@ -148,3 +148,179 @@ def test_score_function_guide_finds_its_module_behind_stale_param_store_entries(
     model, guide = tiny_vae(seed=2)
     snr = gradient_snr(model, score_function(guide), {"x": x}, elbo, num_repeats=4)
     assert snr.guide.num_elements > 0 and math.isfinite(snr.guide.median)
+
+
+# -- PSIS k-hat without ArviZ (issue 21 #11) ------------------------------------------------
+
+
+def _log_weight_rows(seed=0):
+    """Rows of log-weights of several tails and sizes: normal log-weights of growing spread
+    (light to heavy tails) and log |Student-t| weights, for S = 100, 1000 and 4000."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in (100, 1000, 4000):
+        rows = [sd * torch.randn(s, generator=g, dtype=torch.float64) for sd in (0.3, 1, 2, 4)]
+        t = torch.distributions.StudentT(2.0).sample((3, s)).double().abs().log()
+        out.append(torch.cat([torch.stack(rows), t]).numpy())
+    return out
+
+
+def test_pareto_k_hat_equals_arviz_psislw_on_the_same_weights():
+    arviz = pytest.importorskip("arviz")
+    import warnings
+
+    import numpy as np
+
+    from pyro_aevb.diagnostics import pareto_k_hat
+
+    for log_w in _log_weight_rows():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ArviZ warns on large k-hat
+            _, reference = arviz.psislw(log_w, reff=1.0)
+        ours = pareto_k_hat(log_w)
+        assert ours.shape == (log_w.shape[0],)
+        # the same estimator (Zhang & Stephens with Vehtari's prior): equal to round-off
+        np.testing.assert_allclose(ours, np.asarray(reference), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("xi", [0.3, 0.9])
+def test_pareto_k_hat_recovers_the_tail_index_of_pareto_weights(xi):
+    """w = U^(-xi) is Pareto with tail index xi, and its exceedances over any threshold
+    are exactly GPD(xi): the mean k-hat over 40 rows of S = 4000 weights lies within 4
+    standard errors (over the rows) of xi shrunk by the fit's prior, (M xi + 5) / (M + 10)
+    with M = 3 sqrt(S) = 190 tail draws."""
+    from pyro_aevb.diagnostics import pareto_k_hat
+    from pyro_aevb.psis import tail_size
+
+    g = torch.Generator().manual_seed(1)
+    u = torch.rand(40, 4000, generator=g, dtype=torch.float64)
+    k = torch.as_tensor(pareto_k_hat(-xi * u.log()))
+    m = tail_size(4000)
+    assert m == 190
+    expected = (m * xi + 5) / (m + 10)
+    se = float(k.std() / math.sqrt(k.numel()))
+    assert abs(float(k.mean()) - expected) < 4 * se, (float(k.mean()), expected, se)
+    assert 0.5 * (1 + xi) / math.sqrt(m) < float(k.std()) < 2 * (1 + xi) / math.sqrt(m)
+
+
+def test_pareto_k_hat_edge_cases_and_bad_input():
+    import numpy as np
+
+    from pyro_aevb.diagnostics import pareto_k_hat
+
+    few = np.log(np.arange(1.0, 11.0))[None]  # S = 10: 2 tail draws, too few to fit
+    assert np.isinf(pareto_k_hat(few)).all()
+    dead = np.full((1, 200), -np.inf)  # every weight zero
+    assert np.isnan(pareto_k_hat(dead)).all()
+    with pytest.raises(ValueError, match="rows, samples"):
+        pareto_k_hat(np.zeros(200))
+
+
+def test_arviz_is_no_install_requirement():
+    import configparser
+    from pathlib import Path
+
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    assert "arviz" not in config["options"]["install_requires"]
+
+
+# -- what to do when k-hat flags an evaluation (issue 21 #9) ---------------------------------
+
+
+def _flagged_metrics(**changes):
+    metrics = {
+        "pareto_k_mean": 1.30,
+        "pareto_k_fraction_above_0.7": 0.96,
+        "ess_mean": 12.5,
+        "log_likelihood_particles": 1000,
+    }
+    return {**metrics, **changes}
+
+
+def test_particles_for_ess_and_for_khat():
+    from pyro_aevb.psis import particles_for_ess, particles_for_khat
+
+    assert particles_for_ess(1000, 12.5) == 8000  # 1000 * 100 / 12.5
+    assert particles_for_ess(1000, 3.0) == 33334  # rounded up
+    assert particles_for_ess(100, 250.0) == 100  # never fewer than used
+    with pytest.raises(ValueError, match="ess_mean"):
+        particles_for_ess(100, 0.0)
+    # k < 1 - 1/log10(S)  <=>  S > 10^(1/(1-k))
+    assert particles_for_khat(0.7) == pytest.approx(10 ** (10 / 3))
+    assert particles_for_khat(0.8) == pytest.approx(1e5)
+    assert math.isinf(particles_for_khat(1.0)) and math.isinf(particles_for_khat(1.3))
+
+
+def test_the_khat_advice_names_the_commands_and_they_parse():
+    """The newcomer's case (k-hat mean 1.30, 96% above 0.7, ESS 12.5 of 1000): more
+    particles cannot help, and the line says so, with the AIS command; a milder case
+    (mean k-hat 0.72, ESS 40) gets the number of particles and its command. The CLI
+    accepts every command the advice names."""
+    import shlex
+
+    from pyro_aevb.cli.messages import _summary
+    from pyro_aevb.cli.parser import build_parser
+    from pyro_aevb.psis import khat_advice
+
+    base = dict(
+        test_elbo=-100.0,
+        test_elbo_se=1.0,
+        test_log_likelihood=-95.0,
+        test_log_likelihood_se=1.0,
+        num_test_points=10,
+    )
+
+    def warning_line(metrics):
+        text = _summary({**base, **metrics}, None, "runs/my run")
+        return next(line for line in text.splitlines() if line.startswith("WARNING: k-hat"))
+
+    def parse(command):
+        assert command.startswith("pyro-aevb ")
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.run_dir == "runs/my run"
+        return args
+
+    line = warning_line(_flagged_metrics())
+    assert "more particles will not make it reliable" in line and "K = 8000 if it grew" in line
+    assert "--particles" not in line
+    ais = "pyro-aevb evaluate 'runs/my run' --method ais"
+    assert ais in line and parse(ais).method == "ais"
+    line = warning_line(_flagged_metrics(pareto_k_mean=0.72, ess_mean=40.0))
+    assert "about K = 3728" in line  # 10^(1/0.28) draws; the ESS alone asks for 2500
+    more = "pyro-aevb evaluate 'runs/my run' --particles 3728"
+    assert more in line and parse(more).particles == 3728 and ais in line
+    calm = {**base, **_flagged_metrics(), "pareto_k_fraction_above_0.7": 0.3}
+    assert "WARNING" not in _summary(calm, None, "runs/x")
+    python = khat_advice(_flagged_metrics(pareto_k_mean=0.72, ess_mean=40.0))
+    assert "evaluate(..., num_particles=3728)" in python and 'method="ais"' in python
+
+
+def test_evaluate_warns_with_the_advice_when_khat_flags_most_points(linear_gaussian):
+    """A guide far narrower than the posterior and off its mean: k-hat above 1 for most
+    points, and evaluate says what to do. That more particles will not do is checked: at
+    the K the ESS alone would ask for (about 27 times more), the ESS grows less than 4
+    times. A guide wider than the posterior gets no warning."""
+    import warnings
+
+    from pyro_aevb import evaluate
+    from pyro_aevb.psis import UnreliableEstimateWarning, particles_for_ess
+    from tests.conftest import GaussianGuide
+
+    model, x = linear_gaussian
+    poor = GaussianGuide(model, shift=1.5, scale_factor=0.3)
+    with pytest.warns(UnreliableEstimateWarning, match="will not make it reliable") as caught:
+        metrics = evaluate(model, poor, {"x": x}, num_particles=200).metrics()
+    assert metrics["pareto_k_fraction_above_0.7"] > 0.5 and metrics["pareto_k_mean"] > 1
+    assert f"mean ESS {metrics['ess_mean']:.1f} of K = 200" in str(caught[0].message)
+    by_ess = particles_for_ess(200, metrics["ess_mean"])
+    assert by_ess > 20 * 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableEstimateWarning)
+        more = evaluate(model, poor, {"x": x}, num_particles=by_ess).metrics()
+    assert more["ess_mean"] < 4 * metrics["ess_mean"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableEstimateWarning)
+        wide = GaussianGuide(model, scale_factor=1.5)  # lighter-tailed weights than p
+        metrics = evaluate(model, wide, {"x": x}, num_particles=200).metrics()
+    assert metrics["pareto_k_fraction_above_0.7"] <= 0.5

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 
 from ..ais_runs import run_command
+from ..psis import UnreliableEstimateWarning
 from ..runs import ResultsNotSavedError
 from .commands import _evaluate, _fit
 from .messages import _message, _summary
@@ -31,10 +33,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bdmc" or getattr(args, "method", None) == "ais":
             print(run_command(args))
             return 0
-        metrics = _fit(args) if args.command == "fit" else _evaluate(args)
+        with warnings.catch_warnings():
+            # the summary below says it, with the commands to run
+            warnings.simplefilter("ignore", UnreliableEstimateWarning)
+            metrics = _fit(args) if args.command == "fit" else _evaluate(args)
     except ResultsNotSavedError as e:
         # computed numbers are never lost
-        print(_summary(e.metrics, getattr(args, "resolved_pair", None)))
+        print(
+            _summary(
+                e.metrics, getattr(args, "resolved_pair", None), getattr(args, "resolved_out", None)
+            )
+        )
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"pyro-aevb: error: {e.args[1] if len(e.args) > 1 else e}", file=sys.stderr)
@@ -45,5 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyro-aevb: error: {_message(e, args, argv)}", file=sys.stderr)
         return 130 if isinstance(e, KeyboardInterrupt) else 2
     if metrics is not None:  # None: --print-config, nothing was run
-        print(_summary(metrics, getattr(args, "resolved_pair", None)))
+        print(
+            _summary(
+                metrics, getattr(args, "resolved_pair", None), getattr(args, "resolved_out", None)
+            )
+        )
     return 0

@@ -12,13 +12,14 @@ from pathlib import Path
 from ..checkpoint import CHECKPOINT_NAME
 from ..evaluation import ImplausibleEstimateError
 from ..pairs import get_pair
+from ..psis import khat_advice
 from ..training import NonFiniteLossError
 
 
-def _summary(metrics: dict, pair: str | None = None) -> str:
+def _summary(metrics: dict, pair: str | None = None, run_dir: str | None = None) -> str:
     """What the command line prints: every metric with its unit and standard error, the
     lines of ``pair``'s own metrics (:attr:`~pyro_aevb.pairs.PairSpec.summary`), then
-    the warnings."""
+    the warnings (the k-hat advice names the commands for ``run_dir``)."""
     lines = [
         f"test ELBO            {metrics['test_elbo']:9.2f} +- {metrics['test_elbo_se']:.2f} nats",
         f"test log-likelihood  {metrics['test_log_likelihood']:9.2f} +- "
@@ -51,13 +52,9 @@ def _summary(metrics: dict, pair: str | None = None) -> str:
         + (f"{n} " if n else "")
         + "test points; +- is the standard error of that mean over the test points."
     )
-    if metrics.get("pareto_k_fraction_above_0.7", 0) > 0.5:
-        lines.append(
-            f"WARNING: k-hat exceeds 0.7 for most test points "
-            f"({100 * metrics['pareto_k_fraction_above_0.7']:.0f}%): the importance weights are "
-            "too heavy-tailed, so the log-likelihood is an unreliable lower bound that may lie "
-            "far below log p(x); more particles or a better guide are needed to trust it."
-        )
+    advice = khat_advice(metrics, run_dir)  # k-hat flags most points: what to do
+    if advice is not None:
+        lines.append(f"WARNING: {advice}")
     for problem in metrics.get("problems", []):
         lines.append(f"WARNING: {problem}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ and AIS do; :mod:`pyro_aevb.evaluation` re-exports them. With the weights
   :math:`\log \frac1K \sum_k w_k`;
 * the effective sample size is :math:`1 / \sum_k \bar w_k^2` with normalized weights;
 * :math:`\hat k` is the shape of a generalized Pareto fit to the largest weights
-  (PSIS, Vehtari et al., 2024, through ArviZ); above 0.7 the estimate is unreliable.
+  (PSIS, Vehtari et al., 2024, :mod:`pyro_aevb.psis`); above 0.7 the estimate is unreliable.
 
 A caller that has checked the pair already (``fit``, :func:`pyro_aevb.evaluate`) passes
 its :class:`~pyro_aevb.contract.PairSummary`; without one the first batch is checked
@@ -23,7 +23,6 @@ estimate's draws are the same either way.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ import torch
 from ..arguments import batch_rows
 from ..contexts import eval_mode, forked_rng, isolated
 from ..contract import PairSummary, batch_size_of, call_arguments
+from ..psis import pareto_k_hat
 from .importance import importance_terms, probe_particle_mode
 from .summary import summarize_pair
 
@@ -83,17 +83,6 @@ def _to(value, device):
     return value.to(device) if hasattr(value, "to") and device is not None else value
 
 
-def pareto_k_hat(log_weights: np.ndarray) -> np.ndarray:
-    """PSIS :math:`\\hat k` per row of ``log_weights`` ``(B, K)`` through ArviZ."""
-    import arviz
-
-    with warnings.catch_warnings():
-        # ArviZ warns when k-hat is large; we report k-hat itself instead.
-        warnings.simplefilter("ignore")
-        _, k_hat = arviz.psislw(log_weights.astype(np.float64), reff=1.0)
-    return np.asarray(k_hat, dtype=np.float64).reshape(-1)
-
-
 def positive_int(value, name: str) -> int:
     """``value`` as an ``int`` >= 1, or a ``ValueError`` naming ``name`` (bools,
     floats with a fraction and strings are refused, not truncated)."""
@@ -138,7 +127,7 @@ def importance_log_likelihood(
         that is about 0.2 GB (measured: peak resident memory +207 MB). All K
         weights of one batch (``K * batch_size`` floats, 2 MB for K = 5000) are
         kept for the ESS and PSIS.
-    :param pareto: also compute PSIS :math:`\hat k` (ArviZ), when ``K >= 100``.
+    :param pareto: also compute PSIS :math:`\hat k` (:mod:`pyro_aevb.psis`), when ``K >= 100``.
     :param seed: seed of a private RNG stream (``None``: use the global one).
     :param summary: the pair's check (:func:`~pyro_aevb.particles.summarize_pair`), if
         the caller has it; else the first batch is checked here, on a forked stream.
