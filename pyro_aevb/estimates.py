@@ -45,6 +45,9 @@ class Evaluation:
     #: whether every observed site has a discrete distribution (Bernoulli, categorical):
     #: then p(x) <= 1, so log p(x) <= 0 for every data point
     discrete_likelihood: bool = False
+    #: the pair has no latent sites: the ELBO is log p(x) exactly, and so is the
+    #: "importance" estimate (one weight, no Monte Carlo error), reported as exact
+    exact: bool = False
 
     def problems(self) -> list[str]:
         r"""What the estimates violate, in words; empty when they are plausible.
@@ -111,6 +114,10 @@ class Evaluation:
             "ess_mean": float(self.importance.ess.mean()),
             "num_test_points": n,
         }
+        if self.exact:
+            # nothing was sampled: no particles, no effective sample size
+            del out["log_likelihood_particles"], out["ess_mean"]
+            out["log_likelihood_exact"] = True
         if self.importance.pareto_k is not None:
             k = self.importance.pareto_k
             out["pareto_k_mean"] = float(k.mean())

@@ -184,6 +184,24 @@ def _refuse_implausible(evaluation: Evaluation) -> None:
         )
 
 
+def _exact_evaluation(model, guide, fields, batch_size, seed, summary, check) -> Evaluation:
+    r"""A pair without latent sites (a flow density model): its ELBO is :math:`\log p(x)`
+    itself, computed once, with no particles to weigh; reported as exact, not as an
+    importance-sampling estimate (whose ESS and k-hat would mean nothing)."""
+    log_p = elbo_per_datapoint(model, guide, fields, 1, batch_size, seed=seed, summary=summary)
+    exact = ImportanceEstimate(log_p, log_p, torch.ones_like(log_p), None, num_particles=1)
+    evaluation = Evaluation(
+        elbo=log_p,
+        importance=exact,
+        log_evidence=exact_log_evidence(model, fields),
+        discrete_likelihood=_is_discrete_likelihood(summary),
+        exact=True,
+    )
+    if check:
+        _refuse_implausible(evaluation)
+    return evaluation
+
+
 def evaluate(
     model: Callable,
     guide: Callable,
@@ -238,6 +256,8 @@ def evaluate(
                 model, guide, first, allow_model_enumeration=True, check_support=check_support
             )
     require_per_datapoint(summary)
+    if not summary.latent_sites:
+        return _exact_evaluation(model, guide, fields, batch_size, seed, summary, check)
     elbo = elbo_per_datapoint(
         model, guide, fields, elbo_particles, batch_size, seed=seed, summary=summary
     )

@@ -73,3 +73,23 @@ def test_the_fitted_density_approaches_the_true_one_from_below(fitted):
     mean, se = float(d.mean()), float(d.std() / math.sqrt(len(d)))
     assert mean < 2 * se
     assert mean > -0.05 - 2 * se
+
+
+def test_evaluate_reports_the_exact_log_likelihood_not_an_importance_estimate(fitted):
+    """With no latent sites there is nothing to sample: evaluate says the log-likelihood
+    is exact (no particle count, ESS or k-hat, no reliability warning) and it equals
+    the model's log_evidence."""
+    import warnings
+
+    from pyro_aevb import evaluate
+
+    flow, test, _ = fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no k-hat warning for an exact quantity
+        metrics = evaluate(flow, NoLatentGuide(), {"x": test}, num_particles=500).metrics()
+    assert metrics["log_likelihood_exact"] is True
+    assert not {"ess_mean", "log_likelihood_particles", "pareto_k_mean"} & set(metrics)
+    with torch.no_grad():
+        exact = float(flow.log_evidence(test).mean())
+    assert metrics["test_log_likelihood"] == pytest.approx(exact, abs=1e-5)
+    assert metrics["test_elbo"] == pytest.approx(exact, abs=1e-5)
