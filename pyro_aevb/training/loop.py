@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from ..annealing import KLAnnealing
-from ..arguments import adapt, batch_rows, label_field, num_rows, plan_batches, training_fields
+from ..arguments import adapt, batch_rows, num_rows, plan_batches, training_fields
 from ..arguments import steps_per_epoch as count_batches
 from ..contract import (
     ContractError,
@@ -41,10 +41,10 @@ from ..contract import (
     warn_once,
 )
 from ..data.dataset import Dataset
-from ..data.test_set import prepare_fields
 from ..data.transforms import Identity, Transform, get_transform, transform_test_set
 from ..device import resolve_device
 from ..objectives import objective_name, resolve_objective, with_capability
+from ..pair_data import prepare_test_set, prepare_training
 from ..plate import full_data_size
 from ..rundir import RunLock
 from ..schedules import AlternatingSchedule, JointSchedule
@@ -361,8 +361,7 @@ def fit(
     raw_fields, levels, n_train = training_fields(train)
     if n_train == 0:
         raise ValueError("the training data has no data points")
-    semi_supervised = label_field(raw_fields, model, guide)
-    missing = semi_supervised[1] if semi_supervised is not None else None
+    model, guide, raw_fields, missing = prepare_training(model, guide, raw_fields, n_train)
     batch_size = min(batch_size, n_train)
     steps_per_epoch = count_batches(n_train, batch_size, missing)
     if rank is not None:
@@ -381,7 +380,8 @@ def fit(
         total_steps = min(total_steps, schedule.total_steps)
     test_fields = None
     if test is not None:
-        test_fields = prepare_fields(test, transform if data_field == "x" else None, dev)
+        test_transform = transform if data_field == "x" else None
+        test_fields = prepare_test_set(test, test_transform, dev, raw_fields, model)
         if data_field != "x" and not isinstance(transform, Identity):
             test_fields[data_field] = transform_test_set(test_fields[data_field], transform, levels)
 
