@@ -19,6 +19,7 @@ cut by :func:`take_rows`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 
@@ -42,8 +43,10 @@ def _decorated(fn) -> tuple[Callable, tuple] | None:
     """``(function, bound arguments)`` of a callable decorated with a Pyro handler
     (``@config_enumerate``, ``@poutine.scale(...)``), which Pyro wraps in a
     ``functools.partial`` of its own (bound to the instance for a method), else ``None``."""
-    # a decorated method is a functools.partial; config_enumerate(obj.guide, ...) applied
-    # to a bound method is Pyro's _bound_partial, which is none
+    # config_enumerate(fn, ...) called on a function or bound method returns Pyro's
+    # _bound_partial, a partial whose func is the partial of _context_wrap
+    while isinstance(getattr(fn, "func", None), functools.partial):
+        fn = fn.func
     func, args = getattr(fn, "func", None), getattr(fn, "args", None)
     if (
         getattr(func, "__name__", "") == "_context_wrap"
