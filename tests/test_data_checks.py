@@ -116,7 +116,7 @@ def test_missing_labels_are_allowed_where_the_model_takes_none():
 
     y = torch.tensor([0, 2, -1, 1])
     check_class_labels(y, 3, 4, "ys", allow_missing=True)
-    with pytest.raises(ValueError, match=r"0..2 \(the model has 3 classes\)"):
+    with pytest.raises(ValueError, match=r"0..2 \(the model was built for 3 classes\)"):
         check_class_labels(y, 3, 4, "ys")
 
 

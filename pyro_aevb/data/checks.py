@@ -73,7 +73,7 @@ def check_class_labels(
         first = int(bad.nonzero()[0])
         allowed = f"0..{num_classes - 1}" + (" or -1 (missing)" if allow_missing else "")
         raise ValueError(
-            f"{where} must lie in {allowed} (the model has {num_classes} classes), but "
+            f"{where} must lie in {allowed} (the model was built for {num_classes} classes), but "
             f"{int(bad.sum())} data point(s) have others, first at index {first} (label "
             f"{int(y[first])}); map the labels to 0..{num_classes - 1} or build the model "
             f"with num_classes={max(int(y.max()) + 1, num_classes)}"
