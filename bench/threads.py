@@ -68,16 +68,38 @@ def _measure(variant: str, warmup: int, steps: int) -> tuple[float, int]:
     return float(ms), int(used)
 
 
+def _table(rows: list[dict], names: list[str]) -> list[str]:
+    table = ["| load | default | 1 thread | 2 threads |", "|---|---|---|---|"]
+    for load in ("idle", "loaded"):
+        cells = []
+        for name in names:
+            times = [r["ms"] for r in rows if (r["load"], r["variant"]) == (load, name)]
+            if not times:
+                cells.append("-")
+                continue
+            each = ", ".join(f"{t:.0f}" for t in times)
+            cells.append(f"{statistics.median(times):.1f} ({each})")
+        loads = [r["loadavg"] for r in rows if r["load"] == load]
+        span = f" (load average {min(loads):.1f}-{max(loads):.1f})" if loads else ""
+        table.append(f"| {load}{span} | " + " | ".join(cells) + " |")
+    return table
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--loads", nargs="+", default=["idle", "loaded"], choices=["idle", "loaded"])
     p.add_argument("--out", default="bench/results/threads")
     args = p.parse_args(argv)
-    results: dict = {"settings": vars(args), "load_start": os.getloadavg(), "rounds": []}
+    path = Path(args.out + ".json")
+    # resumable: the measurements already in STEM.json are kept and not repeated
+    results = json.loads(path.read_text()) if path.exists() else {"rounds": []}
+    results.setdefault("settings", []).append(vars(args))
+    done = {(r["load"], r["round"], r["variant"]) for r in results["rounds"]}
     names = list(VARIANTS)
-    for load in ("idle", "loaded"):
+    for load in args.loads:
         hog = None
         if load == "loaded":
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -86,30 +108,25 @@ def main(argv=None) -> None:
             for r in range(args.rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
+                    if (load, r, name) in done:
+                        continue
                     ms, used = _measure(name, args.warmup, args.steps)
                     row = {"load": load, "round": r, "variant": name, "threads": used, "ms": ms}
-                    row["loadavg"] = os.getloadavg()[0]
+                    row.update(loadavg=os.getloadavg()[0], steps=args.steps)
                     results["rounds"].append(row)
                     print(json.dumps(row), flush=True)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(results, indent=1))
         finally:
             if hog is not None:
                 hog.kill()
                 hog.wait()
-    results["load_end"] = os.getloadavg()
-    table = ["| load | default | 1 thread | 2 threads |", "|---|---|---|---|"]
-    for load in ("idle", "loaded"):
-        cells = []
-        for name in names:
-            rows = results["rounds"]
-            times = [r["ms"] for r in rows if (r["load"], r["variant"]) == (load, name)]
-            each = ", ".join(f"{t:.0f}" for t in times)
-            cells.append(f"{statistics.median(times):.1f} ({each})")
-        table.append(f"| {load} | " + " | ".join(cells) + " |")
+    table = _table(results["rounds"], names)
     results["table"] = table
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1))
     Path(args.out + ".md").write_text(
-        "ms per training step, median over rounds (each round's value in brackets)\n\n"
+        "ms per training step of the quick start's pair (batch 100), median over rounds "
+        "(each round's value in brackets); 'loaded': with one extra CPU-bound process\n\n"
         + "\n".join(table)
         + "\n"
     )

@@ -29,15 +29,18 @@ from .data.checks import check_class_labels, check_like_training, convert_floati
 from .data.test_set import prepare_fields
 
 
-def pair_dtype(*fns) -> torch.dtype:
-    """The dtype of the first floating parameter of the pair's modules (an adapter's
-    owner included), else torch's default dtype (parameters made later by pyro.param)."""
+def pair_dtype(*fns) -> torch.dtype | None:
+    """The floating dtype of the pair's parameters and buffers (an adapter's owner
+    included; as :func:`pyro_aevb.evaluate` reads it), ``None`` if its modules hold none
+    (parameters made by ``pyro.param`` as the program runs take the data's dtype)."""
     for fn in fns:
         module = fn if isinstance(fn, torch.nn.Module) else _owner(fn)
-        for p in module.parameters() if module is not None else ():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.get_default_dtype()
+        if module is None:
+            continue
+        for t in (*module.parameters(), *module.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+    return None
 
 
 def _num_classes(model) -> int | None:
@@ -55,7 +58,9 @@ def check_for_pair(fields: dict, n: int, model, guide, what: str = "training") -
     ``-1`` allowed where ``y`` has a default). Without a pair, ``fields`` unchanged."""
     if model is None:
         return fields
-    fields = convert_floating(fields, pair_dtype(model, guide), what)
+    dtype = pair_dtype(model, guide)
+    if dtype is not None:
+        fields = convert_floating(fields, dtype, what)
     num_classes = _num_classes(model)
     if num_classes is None:
         return fields
