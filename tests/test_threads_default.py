@@ -2,9 +2,10 @@
 
 Torch's own default (one thread per core) stalls on a CPU that other processes share:
 every multi-threaded operation waits for its slowest, descheduled thread. Measured for the
-quick start's step (``python -m bench.threads``, bench/README.md "Threads"): a median of
-about 25 ms per step with one thread against 0.4-2.5 s with torch's default on this
-project's loaded 2-core machine. The default is therefore 1, stated in ``--help``.
+quick start's step (``python -m bench.threads``, bench/README.md): a median of 26 ms per
+step with one thread against 637 ms with torch's default on this project's shared 2-core
+machine, 257 ms against 1528 ms with one more CPU-bound process. The default is therefore
+1, stated in ``--help``.
 """
 
 import pytest

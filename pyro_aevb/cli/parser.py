@@ -11,9 +11,9 @@ from .fit_options import add_fit_options
 
 #: torch intra-op threads of fit, evaluate and bdmc unless --threads says otherwise. One:
 #: on the 2-core machine this project runs on, shared with other processes, the quick
-#: start's step took a median 24 ms with one thread and 0.5-2.4 s with torch's default
-#: (two), which waits for a descheduled thread at every operation (bench/README.md,
-#: "Threads"); on an idle machine two threads gain little on such small operations.
+#: start's step took a median 26 ms with one thread and 637 ms with torch's default (two),
+#: 257 ms against 1528 ms with one more CPU-bound process (bench/README.md, "threads.py"):
+#: every multi-threaded operation waits for a thread that another process descheduled.
 DEFAULT_THREADS = 1
 
 
