@@ -711,3 +711,24 @@ def test_a_field_with_as_many_columns_as_the_longest_sequence_is_not_cut():
     data["noise"] = torch.rand(48, data["x"].shape[1]) + 0.1
     padding = sequence_padding(data)
     assert padding == {"x": "seq", "mask": "seq"}
+
+
+@pytest.mark.parametrize("case", ["semi-supervised-functions", "padded-sequences"])
+def test_a_pair_wrapped_for_its_data_resumes_to_the_uninterrupted_run(case, tmp_path):
+    """The wrapping fit adds (adapt_to_data) keeps checkpoints exact: 1 epoch, then a resume
+    to 2, ends where 2 epochs in one go end, to the bit."""
+
+    def make():
+        if case == "padded-sequences":
+            pair = _SequencePair()
+            return pair.model, pair.guide, _sequences(), {}
+        model, guide = _m2_functions(_M2Undecorated(), "plain")
+        return model, guide, _semi_supervised_data(), {"objective": "enum"}
+
+    model, guide, data, options = make()
+    whole, _ = _fit(model, guide, data, **options)
+    model, guide, data, options = make()
+    _fit(model, guide, data, epochs=1, run_dir=tmp_path, **options)
+    model, guide, data, options = make()
+    resumed, _ = _fit(model, guide, data, run_dir=tmp_path, resume=True, **options)
+    assert resumed == whole
