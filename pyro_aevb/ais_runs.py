@@ -49,8 +49,8 @@ def _add_common(p: argparse.ArgumentParser, points_help: str) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads for the AIS runs (default: torch's); 1 is much faster "
-        "on a CPU shared with other processes",
+        help="torch intra-op threads (default 1: torch's own count, one per core, stalls on "
+        "a CPU shared with other processes)",
     )
     p.add_argument("--points", type=int, default=100, help=points_help)
     p.add_argument(

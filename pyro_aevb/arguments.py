@@ -24,68 +24,46 @@ import inspect
 from collections.abc import Callable, Mapping
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+# the batching of fields lives in the data layer; importable from here as before
+from .data.batching import (  # noqa: F401
+    MISSING_LABEL,
+    batch_rows,
+    missing_rows,
+    one_hot,
+    plan_batches,
+    steps_per_epoch,
+    take_rows,
+    trim_padding,
+)
 from .plate import num_rows  # noqa: F401  (lives with the data plate; importable from here)
-
-#: the value of an integer label that marks it as missing
-MISSING_LABEL = -1
-
-
-def missing_rows(value) -> torch.Tensor | None:
-    """Boolean ``(N,)``: which rows of a label field are missing (an integer ``-1`` or a
-    float row with a NaN), or ``None`` if the field cannot have missing rows."""
-    if not isinstance(value, torch.Tensor) or value.dim() == 0:
-        return None
-    if value.dtype in (torch.int64, torch.int32, torch.int16, torch.int8):
-        rows = value == MISSING_LABEL
-    elif value.is_floating_point():
-        rows = torch.isnan(value)
-    else:
-        return None
-    return rows.reshape(rows.shape[0], -1).any(-1)
-
-
-def take_rows(value, index: torch.Tensor, name: str = "field"):
-    """The rows ``index`` of a field: tensors and lists by dim 0, a ``PackedSequence``
-    unpacked, indexed and packed again (lengths kept, ``enforce_sorted=False``)."""
-    if isinstance(value, PackedSequence):
-        padded, lengths = pad_packed_sequence(value, batch_first=True)
-        # pad_packed_sequence returns the sequences in their original order
-        cpu_index = index.cpu()
-        return pack_padded_sequence(
-            padded[index.to(padded.device)],
-            lengths[cpu_index],
-            batch_first=True,
-            enforce_sorted=False,
-        )
-    if isinstance(value, torch.Tensor):
-        return value[index.to(value.device)]
-    if isinstance(value, (list, tuple)):
-        return type(value)(value[int(i)] for i in index)
-    raise TypeError(
-        f"field '{name}' is a {type(value).__name__}, which has no rows to batch; pass "
-        "per-data-point fields as tensors, lists or PackedSequences (data point on dim 0)"
-    )
 
 
 def _decorated(fn) -> tuple[Callable, tuple] | None:
     """``(function, bound arguments)`` of a callable decorated with a Pyro handler
     (``@config_enumerate``, ``@poutine.scale(...)``), which Pyro wraps in a
     ``functools.partial`` of its own (bound to the instance for a method), else ``None``."""
+    # config_enumerate(fn, ...) called on a function or bound method returns Pyro's
+    # _bound_partial, a partial whose func is the partial of _context_wrap
+    while isinstance(getattr(fn, "func", None), functools.partial):
+        fn = fn.func
+    func, args = getattr(fn, "func", None), getattr(fn, "args", None)
     if (
-        isinstance(fn, functools.partial)
-        and getattr(fn.func, "__name__", "") == "_context_wrap"
-        and len(fn.args) >= 2
-        and callable(fn.args[1])
+        getattr(func, "__name__", "") == "_context_wrap"
+        and isinstance(args, tuple)
+        and len(args) >= 2
+        and callable(args[1])
     ):
-        return fn.args[1], tuple(fn.args[2:])
+        return args[1], tuple(args[2:])
     return None
 
 
 def _owner(fn) -> torch.nn.Module | None:
     decorated = _decorated(fn)
-    owner = decorated[1][0] if decorated and decorated[1] else getattr(fn, "__self__", None)
+    if decorated is not None:  # the instance bound by the partial, or the bound method's
+        owner = decorated[1][0] if decorated[1] else getattr(decorated[0], "__self__", None)
+    else:
+        owner = getattr(fn, "__self__", None)
     return owner if isinstance(owner, torch.nn.Module) else None
 
 
@@ -117,6 +95,7 @@ class ArgumentAdapter(torch.nn.Module):
 
     def __init__(self, fn: Callable, arguments: Mapping[str, str] | None = None):
         super().__init__()
+        arguments = check_arguments(arguments)
         if isinstance(fn, ArgumentAdapter):
             arguments = {**fn.arguments, **(arguments or {})}
             fn = fn.fn
@@ -125,6 +104,10 @@ class ArgumentAdapter(torch.nn.Module):
         self.owner = fn if isinstance(fn, torch.nn.Module) else _owner(fn)
         self.__dict__["fn"] = fn  # not a submodule a second time
         self.arguments = dict(arguments or {})
+        #: padded field -> its PackedSequence field, cut per batch (adapt_to_data)
+        self.padding: dict[str, str] = {}
+        #: the label field of a semi-supervised data set, named in errors (adapt_to_data)
+        self.label: str | None = None
         self.parameters_ = signature_parameters(fn)
         names = {p.name for p in self.parameters_}
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self.parameters_)
@@ -182,18 +165,73 @@ class ArgumentAdapter(torch.nn.Module):
         return args, kwargs
 
     def forward(self, **fields):
+        if self.padding:
+            fields = trim_padding(fields, self.padding)
         args, kwargs = self.call_values(fields)
-        return self.fn(*args, **kwargs)
+        try:
+            return self.fn(*args, **kwargs)
+        except Exception as error:
+            if self.label is not None and self.label in fields:
+                error.add_note(self._label_note(fields, kwargs))
+            raise
+
+    def _label_note(self, fields: Mapping, kwargs: dict) -> str:
+        """Which batch of a semi-supervised data set the call failed on, naming the label
+        field: the traceback otherwise points at the line that used the labels."""
+        taken = [p for p in self.parameters_ if self.field_of(p.name) == self.label]
+        if not taken:
+            return f"(the batch's label field '{self.label}' is not taken by this callable)"
+        p = taken[0]
+        if p.name in kwargs and kwargs[p.name] is p.default:
+            return (
+                f"(an unlabeled batch: field '{self.label}' is missing (-1 or NaN) in every "
+                f"data point, so {p.name}={p.default!r} was passed: the code must sample or "
+                f"enumerate the label where {p.name} is {p.default!r})"
+            )
+        value = fields[self.label]
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        return (
+            f"(a labeled batch: {p.name} is field '{self.label}', "
+            f"{getattr(value, 'dtype', '')} {shape})"
+        )
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
         return f"ArgumentAdapter({name}, arguments={self.arguments})"
 
 
+def check_arguments(arguments) -> dict[str, str]:
+    """``arguments`` as a dict of parameter name -> field name.
+
+    :raises TypeError: unless it is a mapping of strings to strings (a list such as
+        ``["xs"]`` would otherwise be read by ``dict()`` as the pair ``{'x': 's'}``).
+    """
+    if arguments is None:
+        return {}
+    example = "arguments={'xs': 'x', 'ys': 'y'} calls model(xs=batch['x'], ys=batch['y'])"
+    if not isinstance(arguments, Mapping):
+        raise TypeError(
+            f"arguments maps the model's and guide's parameter names to data field names, "
+            f"got a {type(arguments).__name__} ({arguments!r}); e.g. {example}. Parameters "
+            "named like a field need no entry"
+        )
+    bad = {k: v for k, v in arguments.items() if not (isinstance(k, str) and isinstance(v, str))}
+    if bad:
+        raise TypeError(
+            f"arguments maps parameter names to field names (strings), got {bad!r}; "
+            f"e.g. {example}"
+        )
+    return dict(arguments)
+
+
 def adapt(fn: Callable, arguments: Mapping[str, str] | None = None) -> Callable:
     """``fn`` as the library calls a model or guide (fields by name), wrapped only where
     needed: with an ``arguments`` mapping, for a bound method of an ``nn.Module``, a
-    function decorated with a Pyro handler, or positional-only parameters."""
+    function decorated with a Pyro handler, or positional-only parameters.
+
+    :raises TypeError: if ``arguments`` is no mapping of names (:func:`check_arguments`).
+    """
+    arguments = check_arguments(arguments)
     if arguments or _owner(fn) is not None or isinstance(fn, ArgumentAdapter):
         return ArgumentAdapter(fn, arguments)
     if _decorated(fn) is not None:
@@ -207,23 +245,6 @@ def adapt(fn: Callable, arguments: Mapping[str, str] | None = None) -> Callable:
     return fn
 
 
-def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Integer labels ``(N,)`` as one-hot floats ``(N, num_classes)``, a missing label
-    (``-1``) as a row of NaN, which :func:`missing_rows` recognizes."""
-    missing = labels == MISSING_LABEL
-    out = torch.nn.functional.one_hot(labels.clamp(min=0).long(), num_classes).float()
-    out[missing] = float("nan")
-    return out
-
-
-def batch_rows(value, index: torch.Tensor, name: str, num_points: int):
-    """Rows ``index`` of a field with ``num_points`` rows (:func:`take_rows`); a field of
-    another length (a fixed matrix, a setting) is passed whole to every batch."""
-    if num_rows(value) != num_points:
-        return value
-    return take_rows(value, index, name)
-
-
 def training_fields(data) -> tuple[dict, int | None, int]:
     """``(fields, levels, N)`` of training data: a :class:`~pyro_aevb.data.Dataset`, or a
     mapping of fields with the data points on dim 0 (tensors, lists, PackedSequences,
@@ -232,7 +253,7 @@ def training_fields(data) -> tuple[dict, int | None, int]:
     :raises ValueError: for an empty mapping, no per-data-point field, fields of
         different lengths, or a floating field with NaN rows that is no label field.
     """
-    from .data.dataset import Dataset
+    from .data.dataset import Dataset, validate_array
 
     if isinstance(data, Dataset):
         return data.fields(), data.levels, len(data)
@@ -241,8 +262,6 @@ def training_fields(data) -> tuple[dict, int | None, int]:
             "data must be a pyro_aevb Dataset or a mapping of named fields with the data "
             "points on dim 0 (e.g. {'x': x} or {'xs': xs, 'ys': ys})"
         )
-    from .data.dataset import validate_array
-
     fields = dict(data)
     if "x" in fields:
         validate_array(fields["x"], "x")
@@ -308,33 +327,3 @@ def label_field(fields: Mapping, model, guide) -> tuple[str, torch.Tensor] | Non
                 "of Kingma et al., 2014)"
             )
     return name, rows
-
-
-def plan_batches(
-    perm: torch.Tensor, batch_size: int, missing: torch.Tensor | None = None
-) -> list[torch.Tensor]:
-    """Index tensors of one epoch's batches from a permutation of the data points.
-
-    Without ``missing``, consecutive chunks of ``perm``. With it (a semi-supervised data
-    set), labeled and unlabeled points are chunked apart, each in ``perm``'s order, so
-    that every batch is called with its labels or without them; the batches then come
-    in the order of their first point in ``perm``. Each point is in exactly one batch,
-    so with every batch's terms weighted ``N / B`` (its own ``B``) the epoch's average
-    step loss stays an unbiased estimate of the full-data objective.
-    """
-    if missing is None:
-        return list(perm.split(batch_size))
-    missing = missing.to(perm.device)
-    where = missing[perm]
-    batches = list(perm[~where].split(batch_size)) + list(perm[where].split(batch_size))
-    rank = torch.empty_like(perm)
-    rank[perm] = torch.arange(perm.numel(), device=perm.device)
-    return sorted(batches, key=lambda b: int(rank[b[0]]))
-
-
-def steps_per_epoch(num_points: int, batch_size: int, missing: torch.Tensor | None) -> int:
-    """The number of batches :func:`plan_batches` makes (the same every epoch)."""
-    if missing is None:
-        return -(-num_points // batch_size)
-    unlabeled = int(missing.sum())
-    return -(-(num_points - unlabeled) // batch_size) + -(-unlabeled // batch_size)

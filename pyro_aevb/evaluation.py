@@ -49,6 +49,7 @@ from .data.transforms import Transform
 from .estimates import BOUND_SLACK_SE, Evaluation, ImplausibleEstimateError
 from .label_usage import label_usage
 from .memory import available_memory_bytes, check_memory, evaluation_memory_bytes
+from .pair_data import adapt_to_data
 from .particles import LOOP_ADVICE, importance_terms, probe_particle_mode, summarize_pair
 from .particles.estimators import (
     MAX_ROWS,
@@ -246,6 +247,8 @@ def evaluate(
         num_particles, elbo_particles, batch_size, seed
     )
     fields, device = prepare_evaluation_data(model, guide, data, transform, device)
+    # cut padded sequences per batch as fit does (a no-op for other data)
+    model, guide = adapt_to_data(model, guide, fields)
     _check_labels(model, fields)
     check_memory(num_particles, batch_size, batch_size_of(fields), device)
     if summary is None:

@@ -74,7 +74,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     # running a pair's programs and checking them: the contract, trace-site helpers,
     # binding data to arguments, contexts that run a block isolated (particles use them)
     ("contract", ["pyro_aevb.contract.*", "pyro_aevb.sites", "pyro_aevb.arguments",
-                  "pyro_aevb.contexts"]),
+                  "pyro_aevb.pair_data", "pyro_aevb.contexts"]),
     # the particle engine shared by objectives and evaluation
     ("particles", ["pyro_aevb.particles.*", "pyro_aevb.psis"]),
     # objectives: the registry, Pyro's ELBOs, the importance-weighted bounds

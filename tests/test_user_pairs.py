@@ -599,3 +599,219 @@ def test_a_packed_sequence_field_is_cut_with_its_batch_in_fit_and_evaluate():
     fields = {"x": x, "seq": packed}
     losses, _ = _fit(pair.model, guide, fields, fields)
     assert 20 in seen and all(torch.isfinite(torch.tensor(losses)))
+
+
+# -- issue 21 #1: evaluate's transform on data under the model's argument name ----------
+
+
+def test_evaluate_transforms_the_field_under_the_models_argument_name():
+    """{'xs': grey} with transform='fixed' gives the same numbers as the same grey values
+    under 'x' through arguments={'xs': 'x'}: the same field binarized with the same seed."""
+    pair = Renamed()
+    grey = torch.rand(40, X_DIM, generator=torch.Generator().manual_seed(1))
+    by_name = evaluate(pair.model, pair.guide, {"xs": grey}, transform="fixed", num_particles=20)
+    model, guide = (ArgumentAdapter(f, {"xs": "x"}) for f in (pair.model, pair.guide))
+    mapped = evaluate(model, guide, {"x": grey}, transform="fixed", num_particles=20)
+    assert by_name.metrics() == mapped.metrics()
+    # and the transform did apply: grey values are no Bernoulli data, refused untransformed
+    with pytest.raises(ValueError, match="support"):
+        evaluate(pair.model, pair.guide, {"xs": grey}, num_particles=20)
+
+
+def test_evaluate_names_the_candidates_when_the_data_field_is_ambiguous():
+    pair = Renamed()
+    grey = torch.rand(20, X_DIM, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"no field 'x'.*\['xs', 'other'\].*transform=None"):
+        evaluate(pair.model, pair.guide, {"xs": grey, "other": grey}, transform="fixed")
+
+
+# -- issue 21 #2: semi-supervised data under the argument names ---------------------------
+
+
+class _M2Undecorated(_M2):
+    def guide_undecorated(self, xs, ys=None):
+        with pyro.plate("data"):
+            if ys is None:
+                ys = pyro.sample("y", dist.OneHotCategorical(logits=self.encoder_y(xs)))
+            loc, log_scale = self.encoder_z(_broadcast_cat(xs, ys)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def _m2_functions(pair, style):
+    """The M2 pair with a plain function as the model, and as the guide either a plain
+    ``def guide(xs, ys=None)`` that asks for enumeration itself, or
+    ``config_enumerate(obj.guide, default="parallel")`` (as Pyro's ss_vae example)."""
+
+    def model(xs, ys=None):
+        return pair.model(xs, ys)
+
+    def guide(xs, ys=None):
+        with pyro.plate("data"):
+            if ys is None:
+                logits = pair.encoder_y(xs)
+                infer = {"enumerate": "parallel"}
+                ys = pyro.sample("y", dist.OneHotCategorical(logits=logits), infer=infer)
+            loc, log_scale = pair.encoder_z(_broadcast_cat(xs, ys)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    if style == "config-enumerate":
+        return model, config_enumerate(pair.guide_undecorated, default="parallel")
+    return model, guide
+
+
+def _semi_supervised_data():
+    labels = torch.arange(N_TRAIN) % NUM_CLASSES
+    labels[30:] = -1  # 30 of 120 labeled
+    return {"xs": _data(), "ys": one_hot(labels, NUM_CLASSES)}
+
+
+@pytest.mark.parametrize("style", ["plain", "config-enumerate"])
+def test_semi_supervised_functions_get_their_default_on_unlabeled_batches(style):
+    """Without arguments=, the same losses as the pair with arguments={'xs': 'xs', ...}
+    given explicitly: unlabeled batches call the guide with ys=None, never NaN rows."""
+    data = _semi_supervised_data()
+    seen = []
+
+    def recording(fn):
+        def wrapped(xs, ys=None):
+            seen.append(ys is None or bool(torch.isfinite(ys).all()))
+            return fn(xs, ys)
+
+        return wrapped
+
+    pair = _M2Undecorated()
+    model, guide = _m2_functions(pair, style)
+    losses, result = _fit(recording(model), guide, data, objective="enum", epochs=2)
+    assert all(seen) and len(seen) > 0
+    assert all(torch.isfinite(torch.tensor(losses))) and result.history[-1]["step"] == 6
+    reference = _M2Undecorated()
+    ref_model, ref_guide = _m2_functions(reference, style)
+    mapping = {"xs": "xs", "ys": "ys"}
+    ref_losses, _ = _fit(ref_model, ref_guide, data, objective="enum", epochs=2, arguments=mapping)
+    assert losses == pytest.approx(ref_losses, rel=1e-6)
+
+
+def test_config_enumerate_of_a_bound_method_registers_its_module():
+    pair = _M2Undecorated()
+    guide = config_enumerate(pair.guide_undecorated, default="parallel")
+    from pyro_aevb.arguments import adapt
+
+    adapted = adapt(guide)
+    assert isinstance(adapted, ArgumentAdapter) and adapted.owner is pair
+
+
+def test_a_failure_on_an_unlabeled_batch_names_the_label_field():
+    data = _semi_supervised_data()
+    pair = _M2Undecorated()
+
+    def model(xs, ys=None):
+        return pair.model(xs, ys)
+
+    def guide(xs, ys=None):  # forgets to sample the label where it is missing
+        loc, log_scale = pair.encoder_z(_broadcast_cat(xs, ys)).chunk(2, -1)
+        with pyro.plate("data"):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    with pytest.raises(Exception) as caught:
+        _fit(model, guide, data, objective="enum")
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "unlabeled batch: field 'ys'" in notes and "ys=None was passed" in notes
+
+
+# -- issue 21 #4: padded sequences cut to each batch's longest ----------------------------
+
+SEQ_DIM, SEQ_Z = 3, 2
+
+
+def _sequences(n=48, seed=0):
+    """Binary sequences of lengths 1..9 (different in every batch), padded with zeros:
+    ``x`` ``(N, T, D)``, its ``mask`` ``(N, T)``, ``lengths`` and the packed sequences."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = 1 + torch.randperm(n, generator=g) % 9
+    longest = int(lengths.max())
+    x = torch.zeros(n, longest, SEQ_DIM)
+    for i, length in enumerate(lengths.tolist()):
+        x[i, :length] = torch.bernoulli(torch.full((length, SEQ_DIM), 0.4), generator=g)
+    mask = torch.arange(longest) < lengths[:, None]
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    return {"x": x, "mask": mask, "lengths": lengths, "seq": packed}
+
+
+class _SequencePair(nn.Module):
+    """A per-step latent z_t with a GRU guide, written as Pyro's DMM example writes it:
+    the model loops over ``max(lengths)`` of its batch and reads ``x[:, t]`` and
+    ``mask[:, t]``, the guide runs the GRU on the packed batch, unpacks it with
+    ``pad_packed_sequence`` and loops over ``x.size(1)``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.decoder = nn.Linear(SEQ_Z, SEQ_DIM)
+        self.rnn = nn.GRU(SEQ_DIM, 2 * SEQ_Z, batch_first=True)
+        self.widths = []
+
+    def model(self, x, mask, lengths, seq):
+        pyro.module("seq", self)
+        assert x.shape[1] == int(max(lengths)) == mask.shape[1]
+        self.widths.append(x.shape[1])
+        with pyro.plate("data", len(x)):
+            for t in range(int(max(lengths))):
+                z = pyro.sample(f"z_{t}", dist.Normal(x.new_zeros(len(x), SEQ_Z), 1.0).to_event(1))
+                likelihood = dist.Bernoulli(logits=self.decoder(z)).to_event(1)
+                pyro.sample(f"x_{t}", likelihood.mask(mask[:, t]), obs=x[:, t])
+
+    def guide(self, x, mask, lengths, seq):
+        out, _ = self.rnn(seq)
+        out, out_lengths = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+        assert torch.equal(out_lengths, lengths.cpu())
+        with pyro.plate("data", len(x)):
+            for t in range(x.size(1)):  # Pyro's DMM guide: T_max = mini_batch.size(1)
+                loc, log_scale = out[:, t].chunk(2, -1)
+                pyro.sample(f"z_{t}", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def test_padded_sequences_are_cut_to_each_batchs_longest_in_fit_and_its_evaluation():
+    data = _sequences()
+    pair = _SequencePair()
+    losses, result = _fit(pair.model, pair.guide, data, data, batch_size=8, epochs=2)
+    assert all(torch.isfinite(torch.tensor(losses))) and "test_elbo" in result.history[-1]
+    # batches of 8 of lengths 1..9 have different longest sequences: some cut below 9
+    assert min(pair.widths) < 9 and max(pair.widths) == 9
+    # evaluate takes the pair as fit wraps it (adapt_to_data): the bound holds
+    from pyro_aevb.pair_data import adapt_to_data
+
+    model, guide = adapt_to_data(pair.model, pair.guide, data)
+    metrics = evaluate(model, guide, data, num_particles=20, batch_size=8).metrics()
+    assert metrics["test_log_likelihood"] >= metrics["test_elbo"] - 3 * metrics["test_elbo_se"]
+
+
+def test_a_field_with_as_many_columns_as_the_longest_sequence_is_not_cut():
+    """Only a field zero beyond every point's length is padding: a (N, T) field of data
+    that has T columns by chance keeps them."""
+    from pyro_aevb.data.batching import sequence_padding
+
+    data = _sequences()
+    data["noise"] = torch.rand(48, data["x"].shape[1]) + 0.1
+    padding = sequence_padding(data)
+    assert padding == {"x": "seq", "mask": "seq"}
+
+
+@pytest.mark.parametrize("case", ["semi-supervised-functions", "padded-sequences"])
+def test_a_pair_wrapped_for_its_data_resumes_to_the_uninterrupted_run(case, tmp_path):
+    """The wrapping fit adds (adapt_to_data) keeps checkpoints exact: 1 epoch, then a resume
+    to 2, ends where 2 epochs in one go end, to the bit."""
+
+    def make():
+        if case == "padded-sequences":
+            pair = _SequencePair()
+            return pair.model, pair.guide, _sequences(), {}
+        model, guide = _m2_functions(_M2Undecorated(), "plain")
+        return model, guide, _semi_supervised_data(), {"objective": "enum"}
+
+    model, guide, data, options = make()
+    whole, _ = _fit(model, guide, data, **options)
+    model, guide, data, options = make()
+    _fit(model, guide, data, epochs=1, run_dir=tmp_path, **options)
+    model, guide, data, options = make()
+    resumed, _ = _fit(model, guide, data, run_dir=tmp_path, resume=True, **options)
+    assert resumed == whole

@@ -81,8 +81,8 @@ def _add_run_options(run) -> None:
     run.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads (default: torch's, one per core); 1 is faster on a CPU "
-        "shared with other processes",
+        help="torch intra-op threads (default 1, measured: torch's own count, one per core, "
+        "stalls on a CPU shared with other processes; more may help on an idle machine)",
     )
     run.add_argument(
         "--config",

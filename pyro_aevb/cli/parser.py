@@ -9,6 +9,13 @@ from ..ais_runs import add_ais_arguments, add_bdmc_parser
 from ..pairs import available_pairs, get_pair
 from .fit_options import add_fit_options
 
+#: torch intra-op threads of fit, evaluate and bdmc unless --threads says otherwise. One:
+#: on the 2-core machine this project runs on, shared with other processes, the quick
+#: start's step took a median 26 ms with one thread and 637 ms with torch's default (two),
+#: 257 ms against 1528 ms with one more CPU-bound process (bench/README.md, "threads.py"):
+#: every multi-threaded operation waits for a thread that another process descheduled.
+DEFAULT_THREADS = 1
+
 
 def _defaults_text(spec) -> str:
     shown = ", ".join(f"{k} {v}" for k, v in spec.training.items())
@@ -32,6 +39,7 @@ def _add_fit_parser(sub, common) -> None:
         for option in spec.parameters:
             option.add_argument(group)
         add_fit_options(p)
+        p.set_defaults(threads=DEFAULT_THREADS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     # AIS / BDMC (pyro_aevb.ais_runs): --method ais on evaluate, and the bdmc command
     add_ais_arguments(e)
     add_bdmc_parser(sub)
+    for name in ("evaluate", "bdmc"):
+        sub.choices[name].set_defaults(threads=DEFAULT_THREADS)
     return parser
 
 

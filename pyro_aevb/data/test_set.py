@@ -57,10 +57,36 @@ def prepare_fields(
             f"data must be a pyro_aevb Dataset or a mapping of fields, got {type(data).__name__}"
         )
     if transform is not None:
-        fields["x"] = transform_test_set(fields["x"], get_transform(transform), levels)
+        name = transformed_field(fields, transform)
+        fields[name] = transform_test_set(fields[name], get_transform(transform), levels)
     return {
         k: v.to(device) if device is not None and hasattr(v, "to") else v for k, v in fields.items()
     }
+
+
+def transformed_field(fields: Mapping, transform) -> str:
+    """The field a transform applies to: ``x``, else the one floating field with data
+    points on dim 0 and features after it, as :func:`pyro_aevb.fit` transforms the field
+    the model observes (data passed under the model's argument name, ``{"xs": ...}``).
+
+    :raises ValueError: naming the candidates when there is none or several.
+    """
+    if "x" in fields:
+        return "x"
+    candidates = [
+        k
+        for k, v in fields.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 2 and k != "y"
+    ]
+    if len(candidates) == 1:
+        return candidates[0]
+    found = f"the floating fields {candidates}" if candidates else "no floating field"
+    raise ValueError(
+        f"transform {transform!r} applies to the data field, but the data have no field 'x' "
+        f"and {found} of shape (N, ...) among {sorted(fields)}; name the observed data "
+        "'x' (and the model's argument after it, or map it with arguments=), or transform "
+        "the field yourself and pass transform=None"
+    )
 
 
 def _as_tensor(value, name: str, strict: bool = True):

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..arguments import batch_rows, label_field, num_rows, plan_batches, training_fields
+from ..arguments import batch_rows, num_rows, plan_batches, training_fields
 from ..arguments import steps_per_epoch as count_batches
 from ..contract import observed_field
-from ..data.test_set import prepare_fields
 from ..data.transforms import Identity, Transform, transform_test_set
+from ..pair_data import prepare_test_set, prepare_training
 from .settings import DataSettings
 
 
@@ -53,13 +53,15 @@ class TrainingData:
     preview: dict | None = field(default=None, repr=False)
 
     @classmethod
-    def plan(cls, model, guide, train, settings: DataSettings) -> TrainingData:
-        """Sizes, the label mask and the data field of ``train``; runs no step."""
+    def plan(cls, model, guide, train, settings: DataSettings) -> tuple:
+        """``(data, model, guide)``: sizes, the label mask and the data field of
+        ``train``, its values checked against the pair (dtype, labels) and the pair
+        wrapped where the data need it (:func:`~pyro_aevb.pair_data.prepare_training`);
+        runs no step."""
         fields, levels, n_train = training_fields(train)
         if n_train == 0:
             raise ValueError("the training data has no data points")
-        semi_supervised = label_field(fields, model, guide)
-        missing = semi_supervised[1] if semi_supervised is not None else None
+        model, guide, fields, missing = prepare_training(model, guide, fields, n_train)
         batch_size = min(settings.batch_size, n_train)
         transform = settings.transform
         if "x" in fields:
@@ -72,19 +74,23 @@ class TrainingData:
                 f"{sorted(fields)} is named 'x' or observed by the model on the first batch"
             )
         steps = count_batches(n_train, batch_size, missing)
-        return cls(fields, levels, n_train, missing, batch_size, steps, data_field, transform)
+        data = cls(fields, levels, n_train, missing, batch_size, steps, data_field, transform)
+        return data, model, guide
 
     def epoch_batches(self, order: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The row indices of each batch of an epoch that visits rows in ``order``."""
         order = order if order is not None else torch.arange(self.num_train)
         return plan_batches(order, self.batch_size, self.missing)
 
-    def prepare_test(self, test, device: torch.device) -> None:
-        """The test fields, transformed once as the training field is."""
+    def prepare_test(self, test, device: torch.device, model) -> None:
+        """The test fields, checked against the training fields and ``model``
+        (:func:`~pyro_aevb.pair_data.prepare_test_set`) and transformed once as the
+        training field is."""
         if test is None:
             return
         transform, data_field = self.transform, self.data_field
-        fields = prepare_fields(test, transform if data_field == "x" else None, device)
+        test_transform = transform if data_field == "x" else None
+        fields = prepare_test_set(test, test_transform, device, self.fields, model)
         if data_field != "x" and not isinstance(transform, Identity):
             fields[data_field] = transform_test_set(fields[data_field], transform, self.levels)
         self.test_fields = fields

@@ -82,8 +82,8 @@ def fit(model, guide, train, test=None, **options) -> FitResult:
     # an epoch that the processes cannot share is refused before any of them starts
     with pyro.get_param_store().scope(), torch.random.fork_rng(devices=[]):
         arguments = settings.data.arguments
-        data = TrainingData.plan(adapt(model, arguments), adapt(guide, arguments), train,
-                                 settings.data)  # fmt: skip
+        data, _, _ = TrainingData.plan(adapt(model, arguments), adapt(guide, arguments),
+                                       train, settings.data)  # fmt: skip
     distributed.check_batch_split(data.epoch_batches(), parallel.world_size)
     in_rank = {k: v for k, v in options.items() if k not in distributed.DEFAULTS}
     return distributed.launch(parallel, fit_in_rank, (model, guide, train, test), in_rank)
@@ -105,11 +105,11 @@ def train_pair(model, guide, train, test, settings: FitSettings, strategy) -> Fi
     step); the composition :func:`fit` and :func:`fit_in_rank` share."""
     s = settings
     model, guide = adapt(model, s.data.arguments), adapt(guide, s.data.arguments)
-    data = TrainingData.plan(model, guide, train, s.data)
+    data, model, guide = TrainingData.plan(model, guide, train, s.data)
     strategy.check_batches(data.epoch_batches(), data.missing)
     epochs, total_steps = s.loop.plan(data.steps_per_epoch)
     device = s.placement.torch_device
-    data.prepare_test(test, device)
+    data.prepare_test(test, device, model)
     state = s.run_dir.load()
     config = {**s.run_config(batch_size=data.batch_size, num_train=data.num_train,
                              total_steps=total_steps), **strategy.run_config()}  # fmt: skip
