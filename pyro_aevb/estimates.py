@@ -14,10 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+# ImportanceEstimate lives with its estimator in the particles layer; importable from here
 from .particles.estimators import ImportanceEstimate
-
-#: ImportanceEstimate lives with its estimator in the particles layer; importable here
-__all__ = ["BOUND_SLACK_SE", "Evaluation", "ImplausibleEstimateError", "ImportanceEstimate"]
 
 
 class ImplausibleEstimateError(ValueError):
