@@ -8,6 +8,7 @@ guide's ``posterior``) still work, with a ``FutureWarning``.
 
 from pyro_aevb.deprecation import module_getattr
 
+from .flow import FLOWS, GUIDES, ConditionalFlowGuide, FlowGuide, amortized_guide
 from .gaussian import ConditionalDiagonalNormalGuide, DiagonalNormalGuide
 from .gmvae import GMVAEGuide
 from .linear import (
@@ -29,11 +30,16 @@ __getattr__ = module_getattr(__name__, _RENAMED)
 
 __all__ = [
     "COVARIANCE_GUIDES",
+    "FLOWS",
+    "GUIDES",
     "ConditionalDiagonalNormalGuide",
+    "ConditionalFlowGuide",
     "DiagonalCovarianceGuide",
     "DiagonalNormalGuide",
+    "FlowGuide",
     "FullCovarianceGuide",
     "GMVAEGuide",
     "LinearGaussianGuide",
     "VRNNGuide",
+    "amortized_guide",
 ]

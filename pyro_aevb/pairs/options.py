@@ -34,3 +34,13 @@ LIKELIHOOD = Option(
 )
 #: dropout before each hidden layer of the networks
 DROPOUT = Option("dropout probability of the hidden layers", type=float, interval=(0.0, 1.0))
+#: the posterior family q(z | x) of a VAE-like pair
+GUIDE = Option(
+    "the posterior q(z|x): a diagonal Normal, or it pushed through IAF (affine "
+    "autoregressive) or planar flow layers",
+    choices=["diagonal", "iaf", "planar"],
+)
+#: K, the flow layers of a flow guide
+FLOW_LAYERS = Option(
+    "number K of flow layers of an iaf or planar guide", flag="--flow-layers", type=int, minimum=1
+)

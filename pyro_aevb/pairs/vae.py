@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from ..data.dataset import Dataset
-from .options import DROPOUT, HIDDEN, LATENT_DIM, LIKELIHOOD
+from .options import DROPOUT, FLOW_LAYERS, GUIDE, HIDDEN, LATENT_DIM, LIKELIHOOD
 from .registry import register_pair
 from .spec import TRAINING_DEFAULTS, PairSpec
 
@@ -17,15 +17,17 @@ def build(
     hidden: Annotated[tuple[int, ...], HIDDEN] = (500, 500),
     likelihood: Annotated[str | None, LIKELIHOOD] = None,
     dropout: Annotated[float, DROPOUT] = 0.0,
+    guide: Annotated[str, GUIDE] = "diagonal",
+    flow_layers: Annotated[int, FLOW_LAYERS] = 4,
 ):
-    """``VAE`` with a ``DiagonalNormalGuide`` of the same hidden sizes."""
-    from ..guides import DiagonalNormalGuide
+    """``VAE`` with a guide of the same hidden sizes: a ``DiagonalNormalGuide``, or a
+    ``FlowGuide`` of ``flow_layers`` IAF or planar layers (``guide="iaf"``, ``"planar"``)."""
+    from ..guides import amortized_guide
     from ..models import VAE
 
     x_dim = train.num_features
     model = VAE(x_dim, z_dim, hidden, likelihood=likelihood, dropout=dropout)
-    guide = DiagonalNormalGuide(x_dim, z_dim, hidden, dropout=dropout)
-    return model, guide
+    return model, amortized_guide(guide, x_dim, z_dim, hidden, flow_layers, dropout)
 
 
 #: The default VAE: the tutorial paper's architecture (section 5.3), trained on the
