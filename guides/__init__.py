@@ -8,7 +8,9 @@ guide's ``posterior``) still work, with a ``FutureWarning``.
 
 from pyro_aevb.deprecation import module_getattr
 
-from .flow import FLOWS, GUIDES, ConditionalFlowGuide, FlowGuide, amortized_guide
+from .builder import GUIDES, amortized_guide
+from .conv import ConvDiagonalNormalGuide, ConvFlowGuide
+from .flow import FLOWS, ConditionalFlowGuide, FlowGuide
 from .gaussian import ConditionalDiagonalNormalGuide, DiagonalNormalGuide
 from .gmvae import GMVAEGuide
 from .linear import (
@@ -34,6 +36,8 @@ __all__ = [
     "GUIDES",
     "ConditionalDiagonalNormalGuide",
     "ConditionalFlowGuide",
+    "ConvDiagonalNormalGuide",
+    "ConvFlowGuide",
     "DiagonalCovarianceGuide",
     "DiagonalNormalGuide",
     "FlowGuide",

@@ -121,45 +121,4 @@ class ConditionalFlowGuide(_FlowPosterior, ConditionalDiagonalNormalGuide):
         self._init_flows(flow, num_layers, flow_hidden)
 
 
-#: the guides :func:`amortized_guide` builds: the diagonal Normal, or it pushed through flows
-GUIDES = ("diagonal", *FLOWS)
-
-
-def amortized_guide(
-    kind: str,
-    x_dim: int,
-    z_dim: int,
-    hidden: Sequence[int],
-    flow_layers: int = 4,
-    dropout: float = 0.0,
-    num_classes: int | None = None,
-    flow_hidden: Sequence[int] | None = None,
-):
-    """The guide named ``kind`` (one of :data:`GUIDES`) for a VAE-like model:
-    :class:`DiagonalNormalGuide` for ``"diagonal"``, else a :class:`FlowGuide` with
-    ``flow_layers`` layers of that flow; the conditional forms when ``num_classes`` is given
-    (the encoder then also reads the label).
-
-    :raises ValueError: for an unknown ``kind``, naming the choices.
-    """
-    if kind not in GUIDES:
-        raise ValueError(f"unknown guide '{kind}'; choose one of {list(GUIDES)}")
-    if kind == "diagonal":
-        if num_classes is None:
-            return DiagonalNormalGuide(x_dim, z_dim, hidden, dropout=dropout)
-        return ConditionalDiagonalNormalGuide(x_dim, num_classes, z_dim, hidden, dropout)
-    if num_classes is None:
-        return FlowGuide(x_dim, z_dim, hidden, kind, flow_layers, flow_hidden, dropout)
-    return ConditionalFlowGuide(
-        x_dim, num_classes, z_dim, hidden, kind, flow_layers, flow_hidden, dropout
-    )
-
-
-__all__ = [
-    "FLOWS",
-    "GUIDES",
-    "ConditionalFlowGuide",
-    "FlowGuide",
-    "amortized_guide",
-    "default_flow_hidden",
-]
+__all__ = ["FLOWS", "ConditionalFlowGuide", "FlowGuide", "default_flow_hidden"]

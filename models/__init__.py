@@ -1,5 +1,6 @@
 """Generative models (Pyro model functions), importable as ``pyro_aevb.models``."""
 
+from .conv import ConvVAE
 from .cvae import FACTORIZATIONS, ConditionalVAE
 from .factor_analysis import FactorAnalysis
 from .gmvae import GaussianMixtureVAE
@@ -9,6 +10,7 @@ from .vrnn import VRNN
 __all__ = [
     "FACTORIZATIONS",
     "ConditionalVAE",
+    "ConvVAE",
     "FactorAnalysis",
     "GaussianMixtureVAE",
     "VAE",

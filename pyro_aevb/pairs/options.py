@@ -44,3 +44,9 @@ GUIDE = Option(
 FLOW_LAYERS = Option(
     "number K of flow layers of an iaf or planar guide", flag="--flow-layers", type=int, minimum=1
 )
+#: the networks of an image pair: MLPs on flattened pixels, or convolutions on the images
+ARCHITECTURE = Option(
+    "mlp (dense layers on the flattened pixels) or conv (two stride-2 convolutions, then "
+    "dense layers of the --hidden sizes, on the images; sizes in pyro_aevb.conv)",
+    choices=["mlp", "conv"],
+)
