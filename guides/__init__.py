@@ -9,7 +9,12 @@ guide's ``posterior``) still work, with a ``FutureWarning``.
 from pyro_aevb.deprecation import module_getattr
 
 from .builder import GUIDES, amortized_guide
-from .conv import ConvDiagonalNormalGuide, ConvFlowGuide
+from .conv import (
+    ConvConditionalDiagonalNormalGuide,
+    ConvConditionalFlowGuide,
+    ConvDiagonalNormalGuide,
+    ConvFlowGuide,
+)
 from .flow import FLOWS, ConditionalFlowGuide, FlowGuide
 from .gaussian import ConditionalDiagonalNormalGuide, DiagonalNormalGuide
 from .gmvae import GMVAEGuide
@@ -36,6 +41,8 @@ __all__ = [
     "GUIDES",
     "ConditionalDiagonalNormalGuide",
     "ConditionalFlowGuide",
+    "ConvConditionalDiagonalNormalGuide",
+    "ConvConditionalFlowGuide",
     "ConvDiagonalNormalGuide",
     "ConvFlowGuide",
     "DiagonalCovarianceGuide",

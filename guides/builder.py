@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .conv import ConvDiagonalNormalGuide, ConvFlowGuide
+from .conv import (
+    ConvConditionalDiagonalNormalGuide,
+    ConvConditionalFlowGuide,
+    ConvDiagonalNormalGuide,
+    ConvFlowGuide,
+)
 from .flow import FLOWS, ConditionalFlowGuide, FlowGuide
 from .gaussian import ConditionalDiagonalNormalGuide, DiagonalNormalGuide
 
@@ -30,17 +35,13 @@ def amortized_guide(
     (:class:`ConvDiagonalNormalGuide`, :class:`ConvFlowGuide`, reading images
     ``(B, H, W)``) when ``image_shape`` is given.
 
-    :raises ValueError: for an unknown ``kind``, naming the choices, or a conv encoder
-        asked to read labels too.
+    :raises ValueError: for an unknown ``kind``, naming the choices.
     """
     if kind not in GUIDES:
         raise ValueError(f"unknown guide '{kind}'; choose one of {list(GUIDES)}")
     if image_shape is not None:
-        if num_classes is not None:
-            raise ValueError("the conv guides do not read labels yet; use the MLP encoder")
-        if kind == "diagonal":
-            return ConvDiagonalNormalGuide(image_shape, z_dim, hidden, dropout)
-        return ConvFlowGuide(image_shape, z_dim, hidden, kind, flow_layers, flow_hidden, dropout)
+        return _conv_guide(kind, image_shape, z_dim, hidden, flow_layers, dropout, num_classes,
+                           flow_hidden)  # fmt: skip
     if kind == "diagonal":
         if num_classes is None:
             return DiagonalNormalGuide(x_dim, z_dim, hidden, dropout=dropout)
@@ -49,4 +50,17 @@ def amortized_guide(
         return FlowGuide(x_dim, z_dim, hidden, kind, flow_layers, flow_hidden, dropout)
     return ConditionalFlowGuide(
         x_dim, num_classes, z_dim, hidden, kind, flow_layers, flow_hidden, dropout
+    )
+
+
+def _conv_guide(kind, image_shape, z_dim, hidden, flow_layers, dropout, num_classes, flow_hidden):
+    """The conv encoder's guides (:func:`amortized_guide` with ``image_shape``)."""
+    if num_classes is None:
+        if kind == "diagonal":
+            return ConvDiagonalNormalGuide(image_shape, z_dim, hidden, dropout)
+        return ConvFlowGuide(image_shape, z_dim, hidden, kind, flow_layers, flow_hidden, dropout)
+    if kind == "diagonal":
+        return ConvConditionalDiagonalNormalGuide(image_shape, num_classes, z_dim, hidden, dropout)
+    return ConvConditionalFlowGuide(
+        image_shape, num_classes, z_dim, hidden, kind, flow_layers, flow_hidden, dropout
     )

@@ -1,6 +1,7 @@
 """Generative models (Pyro model functions), importable as ``pyro_aevb.models``."""
 
 from .conv import ConvVAE
+from .conv_cvae import ConvConditionalVAE
 from .cvae import FACTORIZATIONS, ConditionalVAE
 from .factor_analysis import FactorAnalysis
 from .gmvae import GaussianMixtureVAE
@@ -10,6 +11,7 @@ from .vrnn import VRNN
 __all__ = [
     "FACTORIZATIONS",
     "ConditionalVAE",
+    "ConvConditionalVAE",
     "ConvVAE",
     "FactorAnalysis",
     "GaussianMixtureVAE",

@@ -69,6 +69,9 @@ class ConvEncoder(nn.Module):
     :param hidden: sizes of the dense layers after the convolutions (at least one).
     :param channels: the two convolutions' output channels.
     :param dropout: dropout rate after each dense layer.
+    :param extra_inputs: ``E`` features that skip the convolutions and join the flattened
+        feature maps before the dense layers (a one-hot label); the input is then
+        ``(B, H * W + E)``, the pixels flattened then the extra features.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class ConvEncoder(nn.Module):
         hidden: Sequence[int] = (500,),
         channels: Sequence[int] = DEFAULT_CHANNELS,
         dropout: float = 0.0,
+        extra_inputs: int = 0,
     ):
         super().__init__()
         if not hidden:
@@ -90,12 +94,24 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(c1, c2, 4, stride=2, padding=1),
             nn.ReLU(),
         )
-        self.dense = MLP([c2 * (h // 4) * (w // 4), *hidden], dropout=dropout, activate_output=True)
+        self.extra_inputs = int(extra_inputs)
+        self.dense = MLP(
+            [c2 * (h // 4) * (w // 4) + self.extra_inputs, *hidden],
+            dropout=dropout,
+            activate_output=True,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[:-2]
-        features = self.convolutions(x.reshape(-1, 1, *self.image_shape))
-        return self.dense(features.flatten(1)).reshape(*batch, -1)
+        """``(B, H, W)`` images, or ``(B, H * W + E)`` with ``extra_inputs = E``."""
+        if self.extra_inputs:
+            pixels = self.image_shape[0] * self.image_shape[1]
+            batch, extra, x = x.shape[:-1], x[..., pixels:], x[..., :pixels]
+        else:
+            batch, extra = x.shape[:-2], None
+        features = self.convolutions(x.reshape(-1, 1, *self.image_shape)).flatten(1)
+        if extra is not None:
+            features = torch.cat([features, extra.reshape(-1, self.extra_inputs)], -1)
+        return self.dense(features).reshape(*batch, -1)
 
 
 class ConvDecoder(nn.Module):

@@ -108,3 +108,37 @@ def test_fit_conv_resumes_to_the_parameters_of_a_straight_run(guide, tmp_path):
     ma = json.loads((straight / "metrics.json").read_text())
     mb = json.loads((resumed / "metrics.json").read_text())
     assert ma["test_elbo"] == mb["test_elbo"] and ma["epochs_completed"] == 2
+
+
+def test_the_conv_cvae_scores_images_given_labels_pixel_by_pixel():
+    from pyro_aevb.guides import ConvConditionalDiagonalNormalGuide
+    from pyro_aevb.models import ConvConditionalVAE
+
+    torch.manual_seed(3)
+    model = ConvConditionalVAE((8, 8), num_classes=3, z_dim=2, hidden=(16,))
+    guide = ConvConditionalDiagonalNormalGuide((8, 8), num_classes=3, z_dim=2, hidden=(16,))
+    x, y = torch.rand(4, 8, 8), torch.tensor([0, 1, 2, 1])
+    guide_trace = poutine.trace(guide).get_trace(x, y)
+    trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    z = guide_trace.nodes["z"]["value"]
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    logits = model.decoder(torch.cat([z, onehot], -1))
+    by_hand = dist.ContinuousBernoulli(logits=logits).log_prob(x).sum((-1, -2))
+    assert trace.nodes["x"]["fn"].event_shape == (8, 8)
+    assert torch.allclose(trace.nodes["x"]["fn"].log_prob(x), by_hand, atol=1e-5)
+    # the label reaches the encoder: another label, another q(z | x, y)
+    loc, _ = guide.encode(x, y)
+    other, _ = guide.encode(x, (y + 1) % 3)
+    assert not torch.allclose(loc, other)
+
+
+def test_fit_cvae_with_conv_networks_and_a_flow_guide(tmp_path):
+    out = tmp_path / "run"
+    args = ["fit", "cvae", *TINY, "--guide", "iaf", "--flow-layers", "2", "--epochs", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    run = load_run(out)
+    assert type(run.model).__name__ == "ConvConditionalVAE" and run.test.x.dim() == 3
+    assert type(run.guide).__name__ == "ConvConditionalFlowGuide"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "label_gain" in metrics and "collapse_note" in metrics  # a flow: a note
+    assert (out / "class_conditional.png").exists()
