@@ -142,3 +142,16 @@ def test_fit_cvae_with_conv_networks_and_a_flow_guide(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert "label_gain" in metrics and "collapse_note" in metrics  # a flow: a note
     assert (out / "class_conditional.png").exists()
+
+
+def test_a_run_written_before_the_conv_and_flow_options_still_evaluates(tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in TINY if a not in ("--architecture", "conv")]
+    assert main(["fit", "vae", *args, "--epochs", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    for key in ("guide", "flow_layers", "architecture"):  # as a run of an older version wrote it
+        del config["architecture"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(out), "--particles", "20"]) == 0
+    run = load_run(out)
+    assert type(run.guide).__name__ == "DiagonalNormalGuide" and run.test.x.dim() == 2

@@ -66,6 +66,9 @@ class Option:
     :ivar interval: ``(low, high)``: the option is a number with ``low <= value < high``.
     :ivar to_config: turns the parsed words into the value stored in ``config.json``
         (e.g. three numbers into a dict).
+    :ivar added: the version that added the option to an existing pair, whose default is
+        the pair's behaviour before it: a ``config.json`` written earlier lacks the key and
+        reads as that default (``None``: the option is as old as the pair, and required).
     """
 
     help: str
@@ -78,6 +81,7 @@ class Option:
     minimum: int | None = None
     interval: tuple[float, float] | None = None
     to_config: Callable[[Any], Any] | None = None
+    added: str | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,14 @@ class PairSpec:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+    def backfill(self, architecture: dict) -> dict:
+        """``architecture`` with the options added after it was written (:attr:`Option.added`)
+        set to their defaults, the behaviour of the version that wrote it."""
+        return {
+            **{p.name: p.default for p in self.parameters if p.option.added is not None},
+            **architecture,
+        }
 
     def validate(self, architecture: dict) -> None:
         """Raise ``ValueError`` for an architecture value outside its declared range."""
