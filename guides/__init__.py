@@ -15,6 +15,7 @@ from .conv import (
     ConvDiagonalNormalGuide,
     ConvFlowGuide,
 )
+from .conv_gmvae import ConvGMVAEGuide
 from .flow import FLOWS, ConditionalFlowGuide, FlowGuide
 from .gaussian import ConditionalDiagonalNormalGuide, DiagonalNormalGuide
 from .gmvae import GMVAEGuide
@@ -45,6 +46,7 @@ __all__ = [
     "ConvConditionalFlowGuide",
     "ConvDiagonalNormalGuide",
     "ConvFlowGuide",
+    "ConvGMVAEGuide",
     "DiagonalCovarianceGuide",
     "DiagonalNormalGuide",
     "FlowGuide",

@@ -2,6 +2,7 @@
 
 from .conv import ConvVAE
 from .conv_cvae import ConvConditionalVAE
+from .conv_gmvae import ConvGaussianMixtureVAE
 from .cvae import FACTORIZATIONS, ConditionalVAE
 from .factor_analysis import FactorAnalysis
 from .gmvae import GaussianMixtureVAE
@@ -12,6 +13,7 @@ __all__ = [
     "FACTORIZATIONS",
     "ConditionalVAE",
     "ConvConditionalVAE",
+    "ConvGaussianMixtureVAE",
     "ConvVAE",
     "FactorAnalysis",
     "GaussianMixtureVAE",

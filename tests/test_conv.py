@@ -155,3 +155,21 @@ def test_a_run_written_before_the_conv_and_flow_options_still_evaluates(tmp_path
     assert main(["evaluate", str(out), "--particles", "20"]) == 0
     run = load_run(out)
     assert type(run.guide).__name__ == "DiagonalNormalGuide" and run.test.x.dim() == 2
+
+
+@pytest.mark.parametrize("estimator", ["enumerate", "gumbel"])
+def test_fit_gmvae_with_conv_networks(estimator, tmp_path):
+    out = tmp_path / "run"
+    args = ["fit", "gmvae", *TINY, "--clusters", "3", "--estimator", estimator, "--epochs", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    run = load_run(out)
+    assert type(run.model).__name__ == "ConvGaussianMixtureVAE" and run.test.x.dim() == 3
+    assert type(run.guide).__name__ == "ConvGMVAEGuide"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["cluster_accuracy"] <= 1 and (out / "cluster_grid.png").exists()
+    # the enumerated cluster reaches the conv decoder as a leading dimension
+    trace = poutine.trace(poutine.enum(run.guide.eval(), first_available_dim=-2)).get_trace(
+        run.test.x[:5]
+    )
+    assert trace.nodes["z"]["value"].shape == (3, 5, 2)
+    assert run.model.decoder(trace.nodes["z"]["value"]).shape == (3, 5, 8, 8)
