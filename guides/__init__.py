@@ -8,6 +8,15 @@ guide's ``posterior``) still work, with a ``FutureWarning``.
 
 from pyro_aevb.deprecation import module_getattr
 
+from .builder import GUIDES, amortized_guide
+from .conv import (
+    ConvConditionalDiagonalNormalGuide,
+    ConvConditionalFlowGuide,
+    ConvDiagonalNormalGuide,
+    ConvFlowGuide,
+)
+from .conv_gmvae import ConvGMVAEGuide
+from .flow import FLOWS, ConditionalFlowGuide, FlowGuide
 from .gaussian import ConditionalDiagonalNormalGuide, DiagonalNormalGuide
 from .gmvae import GMVAEGuide
 from .linear import (
@@ -31,11 +40,21 @@ __getattr__ = module_getattr(__name__, _RENAMED)
 __all__ = [
     "NoLatentGuide",
     "COVARIANCE_GUIDES",
+    "FLOWS",
+    "GUIDES",
     "ConditionalDiagonalNormalGuide",
+    "ConditionalFlowGuide",
+    "ConvConditionalDiagonalNormalGuide",
+    "ConvConditionalFlowGuide",
+    "ConvDiagonalNormalGuide",
+    "ConvFlowGuide",
+    "ConvGMVAEGuide",
     "DiagonalCovarianceGuide",
     "DiagonalNormalGuide",
+    "FlowGuide",
     "FullCovarianceGuide",
     "GMVAEGuide",
     "LinearGaussianGuide",
     "VRNNGuide",
+    "amortized_guide",
 ]

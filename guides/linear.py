@@ -90,7 +90,5 @@ class DiagonalCovarianceGuide(LinearGaussianGuide):
         return torch.diag(F.softplus(self.raw_diag) + 1e-5)
 
 
-
-
 #: the covariance families by name, for the command line and the pair registry
 COVARIANCE_GUIDES = {"full": FullCovarianceGuide, "diagonal": DiagonalCovarianceGuide}

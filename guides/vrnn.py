@@ -47,8 +47,7 @@ class VRNNGuide(nn.Module):
         super().__init__()
         if not isinstance(model, VRNN):
             raise ValueError(
-                f"VRNNGuide shares the recurrent state of a VRNN model, got "
-                f"{type(model).__name__}"
+                f"VRNNGuide shares the recurrent state of a VRNN model, got {type(model).__name__}"
             )
         hidden = tuple(hidden)
         in_dim = model.x_dim + model.rnn_dim

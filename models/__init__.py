@@ -1,5 +1,8 @@
 """Generative models (Pyro model functions), importable as ``pyro_aevb.models``."""
 
+from .conv import ConvVAE
+from .conv_cvae import ConvConditionalVAE
+from .conv_gmvae import ConvGaussianMixtureVAE
 from .cvae import FACTORIZATIONS, ConditionalVAE
 from .factor_analysis import FactorAnalysis
 from .flow_density import FlowDensity
@@ -11,6 +14,9 @@ __all__ = [
     "FlowDensity",
     "FACTORIZATIONS",
     "ConditionalVAE",
+    "ConvConditionalVAE",
+    "ConvGaussianMixtureVAE",
+    "ConvVAE",
     "FactorAnalysis",
     "GaussianMixtureVAE",
     "VAE",

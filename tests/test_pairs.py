@@ -50,6 +50,7 @@ def test_a_builders_signature_is_the_pairs_options():
         "likelihood": None,
         "estimator": "enumerate",
         "temperature": None,
+        "architecture": "mlp",  # issue 22: --architecture conv
     }
     assert spec.option("num_clusters").flag == "--clusters"
     assert spec.option("z_dim").flag == "--latent-dim"

@@ -13,6 +13,7 @@ from ..checkpoint import CHECKPOINT_NAME
 from ..evaluation import ImplausibleEstimateError
 from ..pairs import get_pair
 from ..psis import khat_advice
+from ..runs.evaluation_run import collapse_lines
 from ..training import NonFiniteLossError
 
 
@@ -36,6 +37,7 @@ def _summary(metrics: dict, pair: str | None = None, run_dir: str | None = None)
     spec = get_pair(pair) if pair is not None else None
     if spec is not None and spec.summary is not None:
         lines += spec.summary(metrics)
+    lines += collapse_lines(metrics)
     if "pareto_k_mean" in metrics:
         lines.append(
             f"Pareto k-hat mean    {metrics['pareto_k_mean']:9.2f} "

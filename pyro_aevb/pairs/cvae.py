@@ -12,10 +12,11 @@ import torch
 from .. import plots
 from ..data.dataset import Dataset
 from ..evaluation import label_usage, prepare_fields
-from .options import DROPOUT, HIDDEN, LATENT_DIM, LIKELIHOOD
+from .options import ARCHITECTURE, DROPOUT, FLOW_LAYERS, GUIDE, HIDDEN, LATENT_DIM, LIKELIHOOD
 from .registry import register_pair
 from .spec import Option, PairSpec
 from .vae import PAIR as VAE_PAIR
+from .vae import view_for
 
 FACTORIZATION = Option(
     "p(z|y)p(x|y,z) (full), p(z|y)p(x|z) (prior) or p(z)p(x|y,z) (decoder)",
@@ -30,20 +31,30 @@ def build(
     likelihood: Annotated[str | None, LIKELIHOOD] = None,
     dropout: Annotated[float, DROPOUT] = 0.0,
     factorization: Annotated[str, FACTORIZATION] = "full",
+    guide: Annotated[str, GUIDE] = "diagonal",
+    flow_layers: Annotated[int, FLOW_LAYERS] = 4,
+    architecture: Annotated[str, ARCHITECTURE] = "mlp",
 ):
-    """``ConditionalVAE`` with a ``ConditionalDiagonalNormalGuide``; the number of
-    classes is read from the training labels."""
-    from ..guides import ConditionalDiagonalNormalGuide
-    from ..models import ConditionalVAE
+    """``ConditionalVAE`` (``ConvConditionalVAE`` with ``architecture="conv"``, on images)
+    with a conditional guide of the same hidden sizes, diagonal or flow (``guide``); the
+    number of classes is read from the training labels."""
+    from ..guides import amortized_guide
+    from ..models import ConditionalVAE, ConvConditionalVAE
 
     if train.y is None:
         raise ValueError(f"the conditional VAE needs labels, and data set '{train.name}' has none")
     x_dim, num_classes = train.num_features, int(train.y.max()) + 1
-    model = ConditionalVAE(
-        x_dim, num_classes, z_dim, hidden, likelihood, dropout, factorization=factorization
-    )
-    guide = ConditionalDiagonalNormalGuide(x_dim, num_classes, z_dim, hidden, dropout)
-    return model, guide
+    shape = tuple(train.x.shape[1:]) if architecture == "conv" else None
+    if shape is not None:
+        model = ConvConditionalVAE(shape, num_classes, z_dim, hidden, likelihood, dropout,
+                                   factorization=factorization)  # fmt: skip
+    else:
+        model = ConditionalVAE(
+            x_dim, num_classes, z_dim, hidden, likelihood, dropout, factorization=factorization
+        )
+    q = amortized_guide(guide, x_dim, z_dim, hidden, flow_layers, dropout, num_classes,
+                        image_shape=shape)  # fmt: skip
+    return model, q
 
 
 def metrics(run, evaluation) -> dict:
@@ -97,5 +108,6 @@ PAIR = register_pair(
         metrics=metrics,
         summary=summary,
         figures=figures,
+        view_for=view_for,
     )
 )

@@ -13,10 +13,11 @@ from .. import plots
 from ..clustering import cluster_metrics, cluster_probs, match_clusters
 from ..data.dataset import Dataset
 from ..evaluation import prepare_fields
-from .options import HIDDEN, LATENT_DIM, LIKELIHOOD
+from .options import ARCHITECTURE, HIDDEN, LATENT_DIM, LIKELIHOOD
 from .registry import register_pair
 from .spec import Option, PairSpec
 from .vae import PAIR as VAE_PAIR
+from .vae import view_for
 
 #: the objective each estimator trains with
 OBJECTIVES = {"enumerate": "enum", "gumbel": "meanfield"}
@@ -44,6 +45,7 @@ def build(
     likelihood: Annotated[str | None, LIKELIHOOD] = None,
     estimator: Annotated[str, ESTIMATOR] = "enumerate",
     temperature: Annotated[dict | None, TEMPERATURE] = None,
+    architecture: Annotated[str, ARCHITECTURE] = "mlp",
 ):
     """``GaussianMixtureVAE`` with a ``GMVAEGuide``; ``temperature`` holds the
     keyword arguments of a :class:`~pyro_aevb.relaxed.TemperatureSchedule`."""
@@ -52,8 +54,15 @@ def build(
     from ..relaxed import TemperatureSchedule
 
     x_dim = train.num_features
-    model = GaussianMixtureVAE(x_dim, num_clusters, z_dim, hidden, likelihood)
     schedule = TemperatureSchedule(**temperature) if temperature else None
+    if architecture == "conv":  # on images (N, H, W), the view view_for names
+        from ..guides import ConvGMVAEGuide
+        from ..models import ConvGaussianMixtureVAE
+
+        shape = tuple(train.x.shape[1:])
+        model = ConvGaussianMixtureVAE(shape, num_clusters, z_dim, hidden, likelihood)
+        return model, ConvGMVAEGuide(shape, num_clusters, z_dim, hidden, estimator, schedule)
+    model = GaussianMixtureVAE(x_dim, num_clusters, z_dim, hidden, likelihood)
     guide = GMVAEGuide(x_dim, num_clusters, z_dim, hidden, estimator, schedule)
     return model, guide
 
@@ -147,6 +156,7 @@ PAIR = register_pair(
         name="gmvae",
         build=build,
         view="flat",
+        view_for=view_for,
         description="Gaussian-mixture VAE: a discrete cluster and a Gaussian z",
         # each importance sample is C passes of the decoder: K = 200 costs what 2000 would
         training={**VAE_PAIR.training, "objective": "enum", "log_likelihood_particles": 200},

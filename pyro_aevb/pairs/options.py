@@ -34,3 +34,25 @@ LIKELIHOOD = Option(
 )
 #: dropout before each hidden layer of the networks
 DROPOUT = Option("dropout probability of the hidden layers", type=float, interval=(0.0, 1.0))
+#: the posterior family q(z | x) of a VAE-like pair
+GUIDE = Option(
+    "the posterior q(z|x): a diagonal Normal, or it pushed through IAF (affine "
+    "autoregressive) or planar flow layers",
+    choices=["diagonal", "iaf", "planar"],
+    added="0.2",
+)
+#: K, the flow layers of a flow guide
+FLOW_LAYERS = Option(
+    "number K of flow layers of an iaf or planar guide",
+    flag="--flow-layers",
+    type=int,
+    minimum=1,
+    added="0.2",
+)
+#: the networks of an image pair: MLPs on flattened pixels, or convolutions on the images
+ARCHITECTURE = Option(
+    "mlp (dense layers on the flattened pixels) or conv (two stride-2 convolutions, then "
+    "dense layers of the --hidden sizes, on the images; sizes in pyro_aevb.conv)",
+    choices=["mlp", "conv"],
+    added="0.2",
+)

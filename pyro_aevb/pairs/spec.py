@@ -27,8 +27,9 @@ from torch import nn
 
 from ..data.dataset import Dataset
 
-#: the views of the data a pair can read: ``(N, D)`` vectors or ``(N, T, D)`` sequences
-VIEWS = ("flat", "rows")
+#: the views of the data a pair can read: ``(N, D)`` vectors, ``(N, T, D)`` sequences, or
+#: ``(N, H, W)`` images (the same tensor as the rows, read by convolutions)
+VIEWS = ("flat", "rows", "image")
 #: the training settings of a pair that does not set them: the tutorial paper's VAE
 #: settings (section 5.3) on the bundled MNIST subset
 TRAINING_DEFAULTS = {
@@ -65,6 +66,9 @@ class Option:
     :ivar interval: ``(low, high)``: the option is a number with ``low <= value < high``.
     :ivar to_config: turns the parsed words into the value stored in ``config.json``
         (e.g. three numbers into a dict).
+    :ivar added: the version that added the option to an existing pair, whose default is
+        the pair's behaviour before it: a ``config.json`` written earlier lacks the key and
+        reads as that default (``None``: the option is as old as the pair, and required).
     """
 
     help: str
@@ -77,6 +81,7 @@ class Option:
     minimum: int | None = None
     interval: tuple[float, float] | None = None
     to_config: Callable[[Any], Any] | None = None
+    added: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,8 @@ class PairSpec:
     :ivar rows_per_point: ``rows_per_point(config) -> int``: rows of the networks per
         data point and particle in a training step (the values of an enumerated
         discrete latent), for the memory estimate; default 1.
+    :ivar view_for: ``view_for(architecture) -> view``, for a pair whose view depends on
+        its options (the VAE reads images with ``architecture="conv"``); default ``view``.
     """
 
     name: str
@@ -249,6 +256,7 @@ class PairSpec:
     configure: Callable[[dict, dict], None] | None = None
     samples: Callable[..., torch.Tensor] | None = None
     rows_per_point: Callable[[dict], int] | None = None
+    view_for: Callable[[dict], str] | None = None
 
     def __post_init__(self):
         if self.view not in VIEWS:
@@ -278,12 +286,38 @@ class PairSpec:
                 return p
         raise KeyError(name)
 
+    def backfill(self, architecture: dict) -> dict:
+        """``architecture`` with the options added after it was written (:attr:`Option.added`)
+        set to their defaults, the behaviour of the version that wrote it."""
+        return {
+            **{p.name: p.default for p in self.parameters if p.option.added is not None},
+            **architecture,
+        }
+
     def validate(self, architecture: dict) -> None:
         """Raise ``ValueError`` for an architecture value outside its declared range."""
         for p in self.parameters:
             if p.name in architecture:
                 p.validate(architecture[p.name])
 
-    def prepare(self, data: Dataset) -> Dataset:
-        """``data`` in the view this pair reads."""
-        return data.flat() if self.view == "flat" else data.rows()
+    def view_of(self, architecture: dict | None = None) -> str:
+        """The view this pair reads with the options ``architecture`` (``None``: the
+        default view)."""
+        if self.view_for is None or architecture is None:
+            return self.view
+        view = self.view_for(architecture)
+        if view not in VIEWS:
+            raise ValueError(f"pair '{self.name}': view must be one of {VIEWS}, got {view!r}")
+        return view
+
+    def prepare(self, data: Dataset, architecture: dict | None = None) -> Dataset:
+        """``data`` in the view this pair reads (with the options ``architecture``)."""
+        view = self.view_of(architecture)
+        if view == "flat":
+            return data.flat()
+        if view == "image" and len(data.image_shape) != 2:
+            raise ValueError(
+                f"{data.name}: pair '{self.name}' reads one-channel 2-D images, but the data "
+                f"have image shape {data.image_shape}; use the MLP architecture"
+            )
+        return data.rows()  # (N, H, W): the rows of each image, or the image itself

@@ -38,7 +38,7 @@ def build_run(config: dict) -> Run:
         train = train.subset(range(min(config["max_train"], len(train))))
     if config.get("max_test") is not None:
         test = test.subset(range(min(config["max_test"], len(test))))
-    train, test = spec.prepare(train), spec.prepare(test)
+    train, test = (spec.prepare(d, config["architecture"]) for d in (train, test))
     # Seed before the modules draw their initial weights, so a run is reproducible.
     pyro.set_rng_seed(config.get("seed", 0))
     model, guide = spec.build(train, **config["architecture"])

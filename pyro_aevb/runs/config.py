@@ -202,6 +202,7 @@ def read_config(run_dir: str | Path) -> dict:
     architecture = config["architecture"]
     if not isinstance(architecture, dict):
         raise ConfigError(f"{path}: key 'architecture' must be an object, got {architecture!r}")
+    architecture = config["architecture"] = spec.backfill(architecture)  # older runs
     missing = sorted(set(spec.options) - set(architecture))
     unknown = sorted(set(architecture) - set(spec.options))
     if missing or unknown:

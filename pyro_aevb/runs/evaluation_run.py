@@ -1,4 +1,12 @@
-"""A run's results: ``metrics.json`` (this evaluation's metrics plus the training keys)."""
+"""A run's results: ``metrics.json`` (this evaluation's metrics plus the training keys).
+
+Besides the bound and the log-likelihood, every evaluation measures posterior collapse
+(:func:`pyro_aevb.collapse.collapse_report`, nats per data point): the KL of each latent
+dimension, the active units (Burda et al., 2016) and the ELBO-surgery split of the average
+KL into :math:`I(x; z)` and the marginal KL (Hoffman & Johnson, 2016), under
+``metrics["collapse"]``; a pair whose densities couple the dimensions (a flow, a full
+covariance) gets ``metrics["collapse_note"]`` saying why instead.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ import time
 from pathlib import Path
 
 from .. import checkpoint as ckpt
-from ..evaluation import evaluate
+from ..collapse import COLLAPSE_ADVICE, UnsupportedPairError, collapse_report
+from ..evaluation import evaluate, prepare_fields
 from ..training import FitResult, save_json
 from .build import Run
 
@@ -60,6 +69,64 @@ def _training_metrics(result: FitResult | None, state: dict | None, previous: di
     return out
 
 
+#: test points and draws per point of the collapse diagnostics (the aggregate posterior
+#: costs points^2 x draws densities: 10^7 at these values)
+COLLAPSE_POINTS, COLLAPSE_SAMPLES = 1000, 10
+#: the most per-dimension KLs the summary prints
+SHOWN_UNITS = 20
+
+
+def collapse_metrics(run: Run) -> dict:
+    """``{"collapse": CollapseReport.to_dict()}`` of the run's pair on (a seeded subset of)
+    its test set, or ``{"collapse_note": why}`` for a pair the report does not support."""
+    device = next(iter(run.model.parameters()), None)
+    device = device.device if device is not None else None
+    fields = prepare_fields(run.test, run.config["transform"], device)
+    try:
+        report = collapse_report(
+            run.model, run.guide, fields, num_samples=COLLAPSE_SAMPLES,
+            max_points=COLLAPSE_POINTS, seed=run.config.get("seed", 0), warn=False,
+        )  # fmt: skip
+    except UnsupportedPairError as e:
+        return {"collapse_note": f"no posterior-collapse diagnostics for this pair: {e}"}
+    return {"collapse": report.to_dict()}
+
+
+def collapse_lines(metrics: dict) -> list[str]:
+    """The summary lines of the collapse diagnostics in ``metrics`` (none if absent): active
+    units, the KL per dimension, I(x; z) and the marginal KL, and a warning when most units
+    are inactive."""
+    if "collapse_note" in metrics:
+        return [f"collapse             {metrics['collapse_note']}"]
+    c = metrics.get("collapse")
+    if not c:
+        return []
+    shown = c["kl_nats_per_dim"][:SHOWN_UNITS]
+    per_dim = ", ".join(f"{v:.2f}" for v in shown)
+    if len(c["kl_nats_per_dim"]) > SHOWN_UNITS:
+        per_dim += f", ... (all {len(c['kl_nats_per_dim'])} in metrics.json)"
+    lines = [
+        f"active units         {c['active_units']:9d} of {c['num_units']} "
+        f"(Var_x E_q[z_j|x] > {c['active_unit_threshold']:g})",
+        f"KL per dimension     {c['kl_nats_total']:9.2f} nats in all ({c['kl_method']}): {per_dim}",
+    ]
+    if c.get("mutual_information_nats") is not None:
+        lines.append(
+            f"I(x;z)               {c['mutual_information_nats']:9.2f} +- "
+            f"{c['mutual_information_nats_se']:.2f} nats (at most log {c['collapse_points']} "
+            f"= {c['mutual_information_nats_max']:.2f}); marginal KL(q(z)||p(z)) "
+            f"{c['marginal_kl_nats']:.2f} nats"
+        )
+    for quantity, why in (c.get("collapse_unavailable") or {}).items():
+        lines.append(f"{quantity.replace('_', ' '):<20} not computed: {why}")
+    if c["active_units"] * 2 < c["num_units"]:
+        lines.append(
+            f"WARNING: posterior collapse: only {c['active_units']} of {c['num_units']} latent "
+            "units are active, the decoder ignores the rest; " + COLLAPSE_ADVICE
+        )
+    return lines
+
+
 def evaluate_run(
     run: Run,
     run_dir: Path,
@@ -92,6 +159,7 @@ def evaluate_run(
     metrics = ev.metrics()
     if run.spec.metrics is not None:
         metrics.update(run.spec.metrics(run, ev))
+    metrics.update(collapse_metrics(run))
     metrics["evaluation_seconds"] = time.perf_counter() - t0
     previous = {}
     with contextlib.suppress(OSError, ValueError):
