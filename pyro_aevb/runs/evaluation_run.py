@@ -155,6 +155,8 @@ def evaluate_run(
         num_particles=particles,
         seed=run.config.get("seed", 0),
         progress=progress,
+        # the pair as fit checked it: evaluation need not check it again
+        summary=result.summary if result is not None else None,
     )
     metrics = ev.metrics()
     if run.spec.metrics is not None:
