@@ -219,6 +219,7 @@ def train_plain(
     hidden: tuple[int, ...] = (500, 500),
     loss: str = "elbo",
     num_particles: int = 1,
+    noise_seed: int | None = None,
 ) -> PlainTrainResult:
     """Train the plain VAE on raw intensities ``train_x`` ``(N, D)`` in ``[0, 1]``.
 
@@ -227,11 +228,12 @@ def train_plain(
     then the permutation, so both implementations see the same minibatches. The
     reparameterization noise comes from the global RNG, seeded with ``seed`` too
     (its stream is not the library's: Pyro's checks consume draws before training).
-    ``loss`` and ``num_particles`` choose the training loss (see :func:`make_train_step`).
+    ``loss`` and ``num_particles`` choose the training loss (see :func:`make_train_step`);
+    ``noise_seed`` (default ``seed``) seeds the global RNG that draws the noise.
     """
     torch.manual_seed(seed)
     encoder, decoder = build_plain_vae(train_x.shape[1], z_dim, hidden)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if noise_seed is None else noise_seed)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
     step = make_train_step(encoder, decoder, optimizer, loss, num_particles)
     generator = torch.Generator().manual_seed(seed)
