@@ -12,7 +12,8 @@ library's default VAE pair (``pyro_aevb.pairs.VAE_PAIR``):
 * Adam, minibatches of a fresh per-epoch permutation, dynamic binarization
   (``x_bin ~ Bernoulli(x)`` redrawn every epoch);
 * one reparameterized sample per data point and the Monte Carlo ELBO
-  ``log p(z) + log p(x | z) - log q(z | x)`` (no analytic KL), as Pyro's ``Trace_ELBO``.
+  ``log p(z) + log p(x | z) - log q(z | x)``, as Pyro's ``Trace_ELBO`` (the default;
+  ``train_plain(loss=...)`` also trains with the analytic KL, IWAE or DReG).
 """
 
 from __future__ import annotations
