@@ -12,7 +12,8 @@ library's default VAE pair (``pyro_aevb.pairs.VAE_PAIR``):
 * Adam, minibatches of a fresh per-epoch permutation, dynamic binarization
   (``x_bin ~ Bernoulli(x)`` redrawn every epoch);
 * one reparameterized sample per data point and the Monte Carlo ELBO
-  ``log p(z) + log p(x | z) - log q(z | x)`` (no analytic KL), as Pyro's ``Trace_ELBO``.
+  ``log p(z) + log p(x | z) - log q(z | x)``, as Pyro's ``Trace_ELBO`` (the default;
+  ``train_plain(loss=...)`` also trains with the analytic KL, IWAE or DReG).
 """
 
 from __future__ import annotations
@@ -166,10 +167,35 @@ def negative_iwae_dreg(
     return -(bound + surrogate - surrogate.detach()).mean()
 
 
-def make_train_step(encoder: Encoder, decoder: Decoder, optimizer: torch.optim.Optimizer):
-    """``step(x_batch) -> loss``: one Adam update on one binarized minibatch."""
+#: the training losses :func:`train_plain` knows, each ``(encoder, decoder, x_batch, K)``
+#: to a batch-mean loss in nats per data point
+LOSSES = {
+    "elbo": lambda encoder, decoder, x, K: negative_elbo(encoder, decoder, x),
+    "analytic_kl": lambda encoder, decoder, x, K: negative_elbo_analytic_kl(encoder, decoder, x),
+    "iwae": negative_iwae,
+    "dreg": negative_iwae_dreg,
+}
 
-    return make_loss_step(lambda x_batch: negative_elbo(encoder, decoder, x_batch), optimizer)
+
+def make_train_step(
+    encoder: Encoder,
+    decoder: Decoder,
+    optimizer: torch.optim.Optimizer,
+    loss: str = "elbo",
+    num_particles: int = 1,
+):
+    """``step(x_batch) -> loss``: one Adam update on one binarized minibatch.
+
+    :param loss: a key of :data:`LOSSES`: ``"elbo"`` (Monte Carlo KL, Pyro's
+        ``Trace_ELBO``), ``"analytic_kl"`` (closed-form KL, ``TraceMeanField_ELBO``),
+        ``"iwae"`` or ``"dreg"`` with ``num_particles`` samples.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown plain loss {loss!r}; choose one of {sorted(LOSSES)}")
+    loss_fn = LOSSES[loss]
+    return make_loss_step(
+        lambda x_batch: loss_fn(encoder, decoder, x_batch, num_particles), optimizer
+    )
 
 
 @dataclass
@@ -192,6 +218,9 @@ def train_plain(
     seed: int,
     z_dim: int = 20,
     hidden: tuple[int, ...] = (500, 500),
+    loss: str = "elbo",
+    num_particles: int = 1,
+    noise_seed: int | None = None,
 ) -> PlainTrainResult:
     """Train the plain VAE on raw intensities ``train_x`` ``(N, D)`` in ``[0, 1]``.
 
@@ -200,12 +229,14 @@ def train_plain(
     then the permutation, so both implementations see the same minibatches. The
     reparameterization noise comes from the global RNG, seeded with ``seed`` too
     (its stream is not the library's: Pyro's checks consume draws before training).
+    ``loss`` and ``num_particles`` choose the training loss (see :func:`make_train_step`);
+    ``noise_seed`` (default ``seed``) seeds the global RNG that draws the noise.
     """
     torch.manual_seed(seed)
     encoder, decoder = build_plain_vae(train_x.shape[1], z_dim, hidden)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if noise_seed is None else noise_seed)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
-    step = make_train_step(encoder, decoder, optimizer)
+    step = make_train_step(encoder, decoder, optimizer, loss, num_particles)
     generator = torch.Generator().manual_seed(seed)
     n_train = train_x.shape[0]
     steps_per_epoch = math.ceil(n_train / batch_size)
